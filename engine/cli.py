@@ -1,0 +1,140 @@
+"""`pluct-engine`: serve, mint a user token, verify the ledger, run the upstream simulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from engine.config import DEFAULT_STORE_URL, ConfigError, Settings, generate_missing_secrets
+from engine.domain.ledger import LedgerReport, verify
+from engine.domain.tokens import TRANSCRIBE_SCOPE, TokenAuthority
+from engine.store import store_from_url
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pluct-engine", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP engine")
+    serve.add_argument("--host", default=os.environ.get("ENGINE_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("ENGINE_PORT", "8787")))
+    serve.add_argument("--store", default=None, help="sqlite:///path or redis://host:port/db")
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("ENGINE_WORKERS", "1")))
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="generate missing secrets and run the bundled upstream simulator",
+    )
+    serve.add_argument("--log-level", default=os.environ.get("ENGINE_LOG_LEVEL", "info"))
+
+    mint = commands.add_parser("mint-token", help="mint a user token (needs ENGINE_JWT_SECRET)")
+    mint.add_argument("--sub", required=True)
+    mint.add_argument("--scope", default=TRANSCRIBE_SCOPE)
+    mint.add_argument("--ttl", type=int, default=3600)
+
+    ledger = commands.add_parser("ledger", help="ledger tools")
+    ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
+    check = ledger_commands.add_parser(
+        "verify", help="check the credit invariants; exit 1 if broken"
+    )
+    check.add_argument("--store", default=None)
+
+    sim = commands.add_parser("simulator", help="run the TTTranscribe simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8788)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.store:
+        os.environ["ENGINE_STORE_URL"] = args.store
+    if args.dev:
+        os.environ["ENGINE_DEV"] = "1"
+        generated = generate_missing_secrets(os.environ)
+        os.environ.update(generated)
+        for name, value in generated.items():
+            print(f"dev mode: generated {name}={value}", file=sys.stderr)
+        from engine.upstream.simulator import start_background_simulator
+
+        simulator_url = start_background_simulator(os.environ["TTT_SHARED_SECRET"])
+        os.environ.setdefault("TTT_BASE", simulator_url)
+        os.environ.setdefault("META_FETCH_BASE", simulator_url)
+        print(f"dev mode: TTTranscribe simulator at {simulator_url}", file=sys.stderr)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"pluct-engine: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"pluct-engine: serving http://{args.host}:{args.port} store={settings.store_url}"
+        f" workers={args.workers}",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        "engine.http.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers if args.workers > 1 else None,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def _mint(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"pluct-engine: {exc}", file=sys.stderr)
+        return 2
+    print(TokenAuthority(settings).mint_user(args.sub, args.scope, args.ttl, time.time()))
+    return 0
+
+
+async def _verify(url: str) -> LedgerReport:
+    store = store_from_url(url)
+    await store.open()
+    try:
+        return verify(await store.snapshot())
+    finally:
+        await store.close()
+
+
+def _ledger_verify(args: argparse.Namespace) -> int:
+    url = args.store or os.environ.get("ENGINE_STORE_URL") or DEFAULT_STORE_URL
+    report = asyncio.run(_verify(url))
+    for problem in report.problems:
+        print(f"VIOLATION {problem}")
+    verdict = "clean" if report.ok else f"{len(report.problems)} violation(s)"
+    print(f"ledger {verdict}: {report.users} users, {report.entries} entries")
+    return 0 if report.ok else 1
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    from engine.upstream.simulator import run_simulator
+
+    secret = os.environ.get("TTT_SHARED_SECRET") or os.environ.get("ENGINE_SHARED_SECRET", "")
+    if not secret:
+        print("pluct-engine: set TTT_SHARED_SECRET for the simulator", file=sys.stderr)
+        return 2
+    run_simulator(args.host, args.port, secret)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "mint-token":
+        return _mint(args)
+    if args.command == "ledger":
+        return _ledger_verify(args)
+    return _simulator(args)

@@ -1,0 +1,1 @@
+"""Domain services: the rules of credits, tokens and transcription, free of HTTP."""

@@ -1,0 +1,172 @@
+"""Credits: vend (spend one), grant, refund, and read balances and the audit trail.
+
+The service decides *what* to ask; the store makes each ask atomic.  No balance is ever read
+here and written back.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from engine.config import Settings
+from engine.domain.idempotency import scoped_key
+from engine.domain.ratelimit import RateLimiter, RateState
+from engine.domain.tokens import TRANSCRIBE_SCOPE, TokenAuthority, UserPrincipal, require_scope
+from engine.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    InsufficientCredits,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+)
+from engine.store.protocol import Store
+from engine.store.records import (
+    Action,
+    AuditEntry,
+    BalanceView,
+    Context,
+    GrantOrder,
+    GrantReceipt,
+    RefundOrder,
+    VendOrder,
+    VendReceipt,
+)
+
+Clock = Callable[[], float]
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Vended:
+    receipt: VendReceipt
+    replayed: bool
+    rate: RateState | None
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    receipt: GrantReceipt
+    replayed: bool
+
+
+class CreditService:
+    def __init__(
+        self,
+        store: Store,
+        tokens: TokenAuthority,
+        limiter: RateLimiter,
+        settings: Settings,
+        clock: Clock = time.time,
+    ) -> None:
+        self._store = store
+        self._tokens = tokens
+        self._limiter = limiter
+        self._settings = settings
+        self._clock = clock
+
+    async def vend(
+        self,
+        user: UserPrincipal,
+        *,
+        client_key: str | None,
+        claimed_user_id: str | None,
+        context: Context,
+    ) -> Vended:
+        """Spend one credit for a vended token; a replayed key returns the first token."""
+        require_scope(user, TRANSCRIBE_SCOPE)
+        if claimed_user_id is not None and claimed_user_id != user.user_id:
+            raise Forbidden("Body userId does not match the token subject", code="user_mismatch")
+        now = self._clock()
+        request_id = new_request_id()
+        try:
+            rate = await self._limiter.hit(user.user_id, now)
+        except RateLimited:
+            await self._store.record_refusal(
+                user.user_id, Action.VEND_RATE_LIMITED, request_id, context, now
+            )
+            raise
+        minted = self._tokens.mint_vended(user.user_id, now)
+        idempotency = scoped_key(
+            f"user:{user.user_id}",
+            "vend-token",
+            client_key,
+            b"vend-token",
+            self._settings.idempotency_ttl_seconds,
+            now,
+        )
+        outcome = await self._store.spend(
+            VendOrder(
+                user_id=user.user_id,
+                request_id=request_id,
+                token=minted.token,
+                expires_at=minted.expires_at,
+                client_request_id=client_key,
+                idempotency=idempotency,
+                context=context,
+                now=now,
+            )
+        )
+        if outcome.status == "insufficient":
+            raise InsufficientCredits(
+                details={"balance": outcome.balance, "required": 1},
+                extra={"error": "INSUFFICIENT_CREDITS", "balance": outcome.balance},
+            )
+        if outcome.status == "key_conflict" or outcome.receipt is None:
+            raise IdempotencyKeyReused()
+        return Vended(outcome.receipt, outcome.status == "replayed", rate)
+
+    async def grant(
+        self,
+        user_id: str,
+        amount: int,
+        reason: str,
+        *,
+        client_key: str | None,
+        context: Context,
+    ) -> Granted:
+        if not 1 <= amount <= self._settings.max_grant_amount:
+            raise InvalidRequest(
+                f"amount must be an integer from 1 to {self._settings.max_grant_amount}",
+                details={"field": "amount"},
+            )
+        now = self._clock()
+        payload = msgspec.json.encode([user_id, amount, reason])
+        idempotency = scoped_key(
+            "admin", "credits-add", client_key, payload, self._settings.idempotency_ttl_seconds, now
+        )
+        outcome = await self._store.grant(
+            GrantOrder(
+                user_id, amount, client_key or new_request_id(), reason, idempotency, context, now
+            )
+        )
+        if outcome.status == "key_conflict" or outcome.receipt is None:
+            raise IdempotencyKeyReused()
+        return Granted(outcome.receipt, outcome.status == "replayed")
+
+    async def refund(
+        self, user_id: str, vend_request_id: str, reason: str, context: Context
+    ) -> AuditEntry:
+        outcome = await self._store.refund(
+            RefundOrder(user_id, vend_request_id, reason, context, self._clock())
+        )
+        if outcome.status == "already_refunded":
+            raise Conflict("That vend was already refunded", code="already_refunded")
+        if outcome.entry is None:
+            raise NotFound("No vend with that requestId for that user", code="vend_not_found")
+        return outcome.entry
+
+    async def balance(self, user_id: str) -> BalanceView:
+        return await self._store.balance(user_id)
+
+    async def audit(self, user_id: str, limit: int, after_id: int) -> list[AuditEntry]:
+        return await self._store.audit(user_id, limit, after_id)

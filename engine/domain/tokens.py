@@ -1,0 +1,169 @@
+"""User tokens and vended tokens: how each is minted and checked.
+
+Two kinds, two keys.  *User tokens* are HS256 JWTs signed with the shared JWT secret, which
+the mobile app holds and uses to mint its own.  *Vended tokens* are what one credit buys; they
+are signed with a server-only key (`Settings.vend_secret`) and carry `kid: vend`, a unique
+`jti` and `token_use: vended`, so a client holding the JWT secret still cannot forge one, and
+neither kind is accepted where the other is required.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from engine.config import Settings
+from engine.errors import Forbidden, Unauthorized
+
+TRANSCRIBE_SCOPE = "ttt:transcribe"
+VEND_KID = "vend"
+VEND_ISSUER = "pluct-engine"
+VEND_AUDIENCE = "pluct-engine:ttt"
+_SUBJECT = re.compile(r"^[A-Za-z0-9._:@|+-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class UserPrincipal:
+    user_id: str
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class VendedPrincipal:
+    user_id: str
+    jti: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class MintedToken:
+    token: str
+    jti: str
+    expires_at: int
+
+
+def _scopes(raw: Any) -> frozenset[str]:
+    if isinstance(raw, str):
+        return frozenset(raw.split())
+    if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        return frozenset(raw)
+    return frozenset()
+
+
+def _subject(claims: dict[str, Any]) -> str:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not _SUBJECT.match(sub):
+        raise Unauthorized("Token subject is not a valid user id", code="invalid_token")
+    return sub
+
+
+class TokenAuthority:
+    """Mints and verifies both kinds of token for one configuration."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._user_key = settings.jwt_secret.encode()
+        self._vend_key = settings.vend_secret.encode()
+        self._leeway = settings.jwt_leeway_seconds
+        self._audience = settings.jwt_audience
+        self._vend_ttl = settings.vend_token_ttl_seconds
+        self._jwt = jwt.PyJWT()
+
+    # -- minting -------------------------------------------------------------------------
+    def mint_user(self, user_id: str, scopes: str, ttl_seconds: int, now: float) -> str:
+        """A user token like the mobile app makes; for local use, tests and notebooks."""
+        issued = int(now)
+        claims = {
+            "sub": user_id,
+            "aud": self._audience,
+            "scope": scopes,
+            "iat": issued,
+            "exp": issued + ttl_seconds,
+        }
+        return jwt.encode(claims, self._user_key, algorithm="HS256")
+
+    def mint_vended(self, user_id: str, now: float) -> MintedToken:
+        issued = int(now)
+        jti = uuid.uuid4().hex
+        expires_at = issued + self._vend_ttl
+        claims = {
+            "iss": VEND_ISSUER,
+            "aud": VEND_AUDIENCE,
+            "sub": user_id,
+            "scope": TRANSCRIBE_SCOPE,
+            "token_use": "vended",
+            "jti": jti,
+            "iat": issued,
+            "exp": expires_at,
+        }
+        token = jwt.encode(claims, self._vend_key, algorithm="HS256", headers={"kid": VEND_KID})
+        return MintedToken(token, jti, expires_at)
+
+    # -- verification --------------------------------------------------------------------
+    def _decode(self, token: str, key: bytes, **options: Any) -> dict[str, Any]:
+        try:
+            return self._jwt.decode(
+                token, key, algorithms=["HS256"], leeway=self._leeway, **options
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("Token has expired", code="token_expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("Token is not valid yet", code="invalid_token") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(
+                f"Token lacks the {exc.claim!r} claim", code="invalid_token"
+            ) from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("Invalid or expired token", code="invalid_token") from None
+
+    def verify_user(self, token: str) -> UserPrincipal:
+        """A user token: `sub` and `exp` required, `aud` absent or the app's, any `iat`.
+
+        The real app sends `aud` and, in old builds, an `iat` hours in the future; both pass.
+        """
+        claims = self._decode(
+            token,
+            self._user_key,
+            options={"require": ["exp", "sub"], "verify_aud": False, "verify_iat": False},
+        )
+        audience = claims.get("aud")
+        if (
+            audience is not None
+            and audience != self._audience
+            and not (isinstance(audience, list) and self._audience in audience)
+        ):
+            raise Unauthorized("Token audience is not this engine", code="invalid_token")
+        if claims.get("token_use") == "vended":
+            raise Unauthorized("A vended token is not a user token", code="invalid_token")
+        return UserPrincipal(_subject(claims), _scopes(claims.get("scope")))
+
+    def verify_vended(self, token: str) -> VendedPrincipal:
+        claims = self._decode(
+            token,
+            self._vend_key,
+            audience=VEND_AUDIENCE,
+            issuer=VEND_ISSUER,
+            options={"require": ["exp", "sub", "jti", "iat"]},
+        )
+        jti = claims.get("jti")
+        if claims.get("token_use") != "vended" or not isinstance(jti, str):
+            raise Unauthorized("Not a vended token", code="invalid_token")
+        return VendedPrincipal(_subject(claims), jti, int(claims["exp"]))
+
+    def is_vended(self, token: str) -> bool:
+        """Which key to try, from the unverified header; the signature decides the rest."""
+        try:
+            return jwt.get_unverified_header(token).get("kid") == VEND_KID
+        except jwt.InvalidTokenError:
+            return False
+
+    def verify_either(self, token: str) -> UserPrincipal | VendedPrincipal:
+        return self.verify_vended(token) if self.is_vended(token) else self.verify_user(token)
+
+
+def require_scope(principal: UserPrincipal, scope: str) -> None:
+    if scope not in principal.scopes:
+        raise Forbidden(f"Token lacks the {scope} scope", code="insufficient_scope")

@@ -1,0 +1,140 @@
+"""The engine's error vocabulary.
+
+Every refusal is one of these; the HTTP layer renders all of them through a single handler
+into the one error envelope, so the status, `code` and shape of an error live here alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+
+class EngineError(Exception):
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    message: ClassVar[str] = "Internal error"
+    guidance: ClassVar[str] = "Please try again later"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.text = message or self.message
+        self.details = dict(details or {})
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+        self.error_code = code or self.code
+        super().__init__(self.text)
+
+
+class InvalidRequest(EngineError):
+    status_code = 400
+    code = "invalid_request"
+    message = "The request is not valid"
+    guidance = "Fix the request as described in details and send it again"
+
+
+class InvalidUrl(InvalidRequest):
+    code = "invalid_url"
+    message = "Only TikTok video URLs are supported"
+    guidance = "Provide a https URL on www.tiktok.com, m.tiktok.com, vm.tiktok.com or vt.tiktok.com"
+
+
+class Unauthorized(EngineError):
+    status_code = 401
+    code = "unauthorized"
+    message = "Missing or invalid credentials"
+    guidance = "Provide a valid Authorization Bearer token"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="pluct-engine"'})
+        super().__init__(message, **kwargs)
+
+
+class InsufficientCredits(EngineError):
+    status_code = 402
+    code = "insufficient_credits"
+    message = "Insufficient credits"
+    guidance = "Add credits to your account to continue"
+
+
+class Forbidden(EngineError):
+    status_code = 403
+    code = "forbidden"
+    message = "This token may not do that"
+    guidance = "Use a token with the required scope"
+
+
+class NotFound(EngineError):
+    status_code = 404
+    code = "not_found"
+    message = "Not found"
+    guidance = "Check the identifier and try again"
+
+
+class RouteNotFound(NotFound):
+    code = "route_not_found"
+    message = "Endpoint not found"
+    guidance = "Check the API documentation for available endpoints"
+
+
+class MethodNotAllowed(EngineError):
+    status_code = 405
+    code = "method_not_allowed"
+    message = "Method not allowed on this endpoint"
+    guidance = "See the Allow header"
+
+
+class Conflict(EngineError):
+    status_code = 409
+    code = "conflict"
+    message = "The request conflicts with the current state"
+    guidance = "Do not repeat this request"
+
+
+class PayloadTooLarge(EngineError):
+    status_code = 413
+    code = "payload_too_large"
+    message = "Request body too large"
+    guidance = "Send a smaller body"
+
+
+class IdempotencyKeyReused(EngineError):
+    status_code = 422
+    code = "idempotency_key_reused"
+    message = "This idempotency key was already used with a different request"
+    guidance = "Use a new clientRequestId for a new request"
+
+
+class RateLimited(EngineError):
+    status_code = 429
+    code = "rate_limit_exceeded"
+    message = "Rate limit exceeded"
+    guidance = "Please wait before making another request"
+
+
+class UpstreamError(EngineError):
+    status_code = 502
+    code = "upstream_error"
+    message = "TTTranscribe service error"
+    guidance = "Please try again shortly"
+
+
+class ServiceUnavailable(EngineError):
+    status_code = 503
+    code = "service_unavailable"
+    message = "Service temporarily unavailable"
+    guidance = "Please retry after the time in Retry-After"
+
+
+class UpstreamTimeout(EngineError):
+    status_code = 504
+    code = "upstream_timeout"
+    message = "TTTranscribe did not answer in time"
+    guidance = "Please try again shortly"

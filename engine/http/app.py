@@ -1,0 +1,94 @@
+"""The Litestar application factory.
+
+`create_app()` with no arguments reads the environment (that is what `uvicorn --factory`
+calls in every worker); tests pass settings and a store explicitly, one app per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from engine.config import Settings
+from engine.domain.credits import Clock
+from engine.http.controllers.admin import AdminController
+from engine.http.controllers.credits import CreditsController
+from engine.http.controllers.health import HealthController
+from engine.http.controllers.metadata import MetadataController
+from engine.http.controllers.spec import openapi_spec
+from engine.http.controllers.transcription import TranscriptionController
+from engine.http.controllers.vend import VendController
+from engine.http.dependencies import provide_services
+from engine.http.errors import handle_exception
+from engine.services import Services
+from engine.store import Store, StoreUnavailable, store_from_url
+
+log = logging.getLogger("engine")
+PURGE_INTERVAL_SECONDS = 60.0
+
+
+async def _purge_forever(services: Services) -> None:
+    """Expired idempotency keys, windows, claims and cache entries; never the ledger."""
+    while True:
+        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+        try:
+            await services.store.purge_expired(services.clock())
+        except StoreUnavailable as exc:
+            log.warning("purge skipped: %s", exc)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    clock: Clock = time.time,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Litestar:
+    """`store` and `transport` let tests supply a shared store and a fake network."""
+    settings = settings or Settings.from_env()
+    owns_store = store is None
+    store = store or store_from_url(settings.store_url)
+    services = Services.build(settings, store, clock, transport)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if owns_store:
+            await services.store.open()
+        purger = asyncio.create_task(_purge_forever(services))
+        try:
+            yield
+        finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+            await services.aclose()
+            if owns_store:
+                await services.store.close()
+
+    return Litestar(
+        route_handlers=[
+            HealthController,
+            CreditsController,
+            VendController,
+            AdminController,
+            TranscriptionController,
+            MetadataController,
+            openapi_spec,
+        ],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        exception_handlers={Exception: handle_exception},
+        lifespan=[lifespan],
+        state=State({"services": services}),
+        openapi_config=None,
+        request_max_body_size=settings.max_body_bytes,
+        logging_config=None,
+    )

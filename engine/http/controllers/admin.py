@@ -1,0 +1,47 @@
+"""Operator reads: the audit trail of one user."""
+
+from __future__ import annotations
+
+from litestar import Controller, Response, get
+from litestar.di import Provide
+from msgspec import UNSET
+
+from engine.errors import InvalidRequest
+from engine.http.bodies import AuditResponse
+from engine.http.controllers.credits import entry_body
+from engine.http.dependencies import AnyRequest, json_response, provide_admin
+from engine.services import Services
+
+MAX_PAGE = 500
+
+
+def _int_param(request: AnyRequest, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidRequest(
+            f"{name} must be an integer from {low} to {high}", details={"parameter": name}
+        )
+    return int(raw)
+
+
+class AdminController(Controller):
+    path = "/v1/admin"
+    dependencies = {"admin": Provide(provide_admin)}
+
+    @get("/audit")
+    async def audit(self, request: AnyRequest, admin: None, services: Services) -> Response[bytes]:
+        user_id = request.query_params.get("userId", "")
+        if not user_id or len(user_id) > 128:
+            raise InvalidRequest(
+                "userId query parameter is required", details={"parameter": "userId"}
+            )
+        limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
+        after = _int_param(request, "after", 0, 0, 2**62)
+        entries = await services.credits.audit(user_id, limit, after)
+        next_after = entries[-1].id if len(entries) == limit else UNSET
+        body = AuditResponse(
+            user_id=user_id, entries=[entry_body(e) for e in entries], next_after=next_after
+        )
+        return json_response(body)

@@ -1,0 +1,75 @@
+"""Health: process uptime, version, store reachability and the upstream's state."""
+
+from __future__ import annotations
+
+import time
+
+from litestar import Controller, Response, get
+
+from engine.http.bodies import (
+    BreakerHealth,
+    BuildInfo,
+    Connectivity,
+    HealthResponse,
+    ServiceConnectivity,
+    ServiceHealthResponse,
+    StoreHealth,
+    UpstreamHealth,
+)
+from engine.http.dependencies import json_response
+from engine.services import Services
+from engine.timeutil import iso
+from engine.version import __version__
+
+_DEPLOYED_AT = iso(time.time())
+
+
+class HealthController(Controller):
+    path = "/health"
+
+    @get("/")
+    async def health(self, services: Services) -> Response[bytes]:
+        """503 when the store does not answer, so a load balancer takes the process out."""
+        started = time.perf_counter()
+        reachable = await services.store.ping()
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        ttt, breaker = await services.monitor.verdict()
+        status = "unavailable" if not reachable else ("ok" if ttt != "unhealthy" else "degraded")
+        body = HealthResponse(
+            ok=reachable,
+            status=status,
+            uptime_seconds=int(time.monotonic() - services.started_at),
+            version=__version__,
+            build=BuildInfo(ref=services.settings.build_ref, deployed_at=_DEPLOYED_AT),
+            store=StoreHealth(
+                backend=services.store.backend, reachable=reachable, latency_ms=latency_ms
+            ),
+            connectivity=Connectivity(
+                store="connected" if reachable else "unreachable",
+                ttt=ttt,
+                circuit_breaker=breaker.state.value,
+            ),
+        )
+        return json_response(body, status_code=200 if reachable else 503)
+
+    @get("/services")
+    async def services_health(self, services: Services) -> Response[bytes]:
+        """The shape the mobile app reads: `connectivity.ttt`, else `ttt.status`."""
+        ttt, snap = await services.monitor.verdict()
+        body = ServiceHealthResponse(
+            ttt=UpstreamHealth(
+                status=ttt,
+                response_time=snap.last_latency_ms,
+                consecutive_failures=snap.consecutive_failures,
+            ),
+            circuit_breaker=BreakerHealth(
+                status=snap.state.value,
+                state=snap.state.value,
+                response_time=snap.last_latency_ms,
+                consecutive_failures=snap.consecutive_failures,
+                failure_rate=snap.failure_rate,
+                retry_after_seconds=snap.retry_after_seconds,
+            ),
+            connectivity=ServiceConnectivity(ttt=ttt),
+        )
+        return json_response(body)

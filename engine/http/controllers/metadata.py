@@ -1,0 +1,24 @@
+"""`GET /meta?url=`: TikTok metadata, unauthenticated as in the seed, limited per client IP."""
+
+from __future__ import annotations
+
+from litestar import Controller, Response, get
+
+from engine.errors import InvalidRequest
+from engine.http.dependencies import AnyRequest, context_of, json_response
+from engine.services import Services
+
+
+class MetadataController(Controller):
+    path = "/meta"
+
+    @get("/")
+    async def metadata(self, request: AnyRequest, services: Services) -> Response[bytes]:
+        url = request.query_params.get("url")
+        if not url:
+            raise InvalidRequest(
+                "url query parameter is required", code="invalid_url", details={"parameter": "url"}
+            )
+        rate = await services.limiter.hit("ip:" + context_of(request).ip, services.clock())
+        meta = await services.metadata.resolve(url)
+        return json_response(meta, headers=rate.headers() if rate else None)

@@ -1,0 +1,52 @@
+"""`/ttt/*`: submit a paid transcription and poll it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Response, get, post
+
+from engine.domain.idempotency import client_key
+from engine.errors import Unauthorized
+from engine.http.bodies import Body, ClientKey
+from engine.http.dependencies import AnyRequest, bearer_token, decode_body
+from engine.services import Services
+
+
+class TranscribeRequest(Body, kw_only=True):
+    url: Annotated[str, msgspec.Meta(max_length=2048)]
+    client_request_id: ClientKey | None = None
+
+
+def _reply(status_code: int, body: bytes, headers: dict[str, str]) -> Response[bytes]:
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+class TranscriptionController(Controller):
+    path = "/ttt"
+
+    @post("/transcribe", status_code=202)
+    async def transcribe(self, request: AnyRequest, services: Services) -> Response[bytes]:
+        token = bearer_token(request)
+        if not services.tokens.is_vended(token):
+            raise Unauthorized(
+                "A vended token from POST /v1/vend-token is required; user tokens cannot"
+                " transcribe",
+                code="vended_token_required",
+            )
+        principal = services.tokens.verify_vended(token)
+        data = await decode_body(request, TranscribeRequest)
+        key = client_key(data.client_request_id, request.headers.get("x-client-request-id"))
+        reply = await services.transcription.submit(principal, data.url, key)
+        headers = reply.rate.headers() if reply.rate else {}
+        if reply.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return _reply(reply.status_code, reply.body, headers)
+
+    @get("/status/{job_id:str}")
+    async def status(self, request: AnyRequest, job_id: str, services: Services) -> Response[bytes]:
+        """Takes the vended token or the user's own token: polling outlives the 15 minutes."""
+        principal = services.tokens.verify_either(bearer_token(request))
+        reply = await services.transcription.status(principal, job_id)
+        return _reply(reply.status_code, reply.body, reply.rate.headers() if reply.rate else {})

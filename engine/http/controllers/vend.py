@@ -1,0 +1,50 @@
+"""`POST /v1/vend-token`: one credit buys one short-lived transcription token."""
+
+from __future__ import annotations
+
+from litestar import Controller, Response, post
+from litestar.di import Provide
+from msgspec import UNSET
+
+from engine.domain.idempotency import client_key
+from engine.domain.tokens import TRANSCRIBE_SCOPE, UserPrincipal
+from engine.http.bodies import VendRequest, VendResponse
+from engine.http.dependencies import (
+    AnyRequest,
+    context_of,
+    decode_body,
+    json_response,
+    provide_user,
+)
+from engine.services import Services
+from engine.timeutil import iso
+
+
+class VendController(Controller):
+    path = "/v1/vend-token"
+
+    @post("/", status_code=200, dependencies={"user": Provide(provide_user)})
+    async def vend(
+        self, request: AnyRequest, user: UserPrincipal, services: Services
+    ) -> Response[bytes]:
+        """Rate limiting happens inside the vend so a 429 leaves its audit entry."""
+        data = await decode_body(request, VendRequest)
+        key = client_key(data.client_request_id, request.headers.get("x-client-request-id"))
+        vended = await services.credits.vend(
+            user, client_key=key, claimed_user_id=data.user_id, context=context_of(request)
+        )
+        receipt = vended.receipt
+        body = VendResponse(
+            token=receipt.token,
+            service_token=receipt.token,
+            scope=TRANSCRIBE_SCOPE,
+            expires_in=max(0, receipt.expires_at - int(services.clock())),
+            expires_at=iso(receipt.expires_at),
+            balance_after=receipt.balance_after,
+            request_id=receipt.request_id,
+            client_request_id=receipt.client_request_id or UNSET,
+        )
+        headers = vended.rate.headers() if vended.rate else {}
+        if vended.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return json_response(body, headers=headers)

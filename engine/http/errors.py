@@ -1,0 +1,80 @@
+"""One exception handler that renders every failure as the one error envelope.
+
+`{ok:false, code, message, details, guidance, requestId}` plus, for a few errors, fields the
+seed README promised at the top level (402 adds `error` and `balance`; 429 adds
+`retryAfterSeconds`).  Nothing else ever reaches the client: no stack trace, no exception text
+from a library, no 500 for bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from engine.errors import (
+    EngineError,
+    InvalidRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+    ServiceUnavailable,
+)
+from engine.store.protocol import StoreUnavailable
+
+log = logging.getLogger("engine.http")
+
+
+def _envelope(error: EngineError) -> Response[bytes]:
+    body: dict[str, Any] = {
+        "ok": False,
+        "code": error.error_code,
+        "message": error.text,
+        "details": error.details,
+        "guidance": error.guidance,
+        "requestId": "err_" + uuid.uuid4().hex,
+        **error.extra,
+    }
+    return Response(
+        msgspec.json.encode(body),
+        status_code=error.status_code,
+        media_type="application/json",
+        headers=error.headers,
+    )
+
+
+def _from_litestar(request: Request[Any, Any, Any], exc: HTTPException) -> EngineError:
+    """Translate the framework's own refusals into our vocabulary."""
+    if exc.status_code == 404:
+        return RouteNotFound(details={"path": request.url.path})
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow", "")
+        return MethodNotAllowed(details={"method": request.method}, headers={"Allow": allow})
+    if exc.status_code == 413:
+        return PayloadTooLarge()
+    if 400 <= exc.status_code < 500:
+        extra = exc.extra if isinstance(exc.extra, (dict, list)) else None
+        return InvalidRequest(str(exc.detail), details={"errors": extra} if extra else None)
+    return EngineError()
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if isinstance(exc, EngineError):
+        error = exc
+    elif isinstance(exc, StoreUnavailable):
+        log.warning("store unavailable: %s", exc)
+        error = ServiceUnavailable(
+            "Storage is unavailable; nothing was changed",
+            code="store_unavailable",
+            headers={"Retry-After": "1"},
+        )
+    elif isinstance(exc, HTTPException):
+        error = _from_litestar(request, exc)
+    else:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        error = EngineError()
+    return _envelope(error)

@@ -1,0 +1,20 @@
+"""Storage: one `Store` protocol, one backend per store URL scheme."""
+
+from __future__ import annotations
+
+from engine.config import ConfigError, sqlite_path
+from engine.store.protocol import Store, StoreUnavailable
+from engine.store.sqlite import SQLiteStore
+
+__all__ = ["SQLiteStore", "Store", "StoreUnavailable", "store_from_url"]
+
+
+def store_from_url(url: str) -> Store:
+    """`sqlite:///path/file.db` or `redis://host:port/db` (also `rediss://`)."""
+    if url.startswith("sqlite:"):
+        return SQLiteStore(sqlite_path(url))
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from engine.store.redis import RedisStore
+
+        return RedisStore(url)
+    raise ConfigError(f"unsupported store URL {url!r}: use sqlite:///path or redis://host:port/db")

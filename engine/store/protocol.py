@@ -1,0 +1,93 @@
+"""The one interface every storage backend implements.
+
+Each method is a *domain operation* and is atomic inside the backend (one SQLite
+`BEGIN IMMEDIATE` transaction, one Redis Lua script): no caller ever reads a value, decides in
+Python and writes it back.  That is what makes the invariants hold with many workers.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from engine.store.records import (
+    AuditEntry,
+    BalanceView,
+    Context,
+    GrantOrder,
+    GrantOutcome,
+    LedgerSnapshot,
+    RefundOrder,
+    RefundOutcome,
+    SpendOutcome,
+    StoredResponse,
+    VendOrder,
+    WindowCount,
+)
+
+
+class StoreUnavailable(Exception):
+    """The backend cannot be reached; nothing was written.  Rendered as 503."""
+
+
+class Store(Protocol):
+    backend: str
+
+    async def open(self) -> None:
+        """Create schema or load scripts; called once before serving."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool:
+        """True when the backend answers right now."""
+
+    # -- credits -------------------------------------------------------------------------
+    async def spend(self, order: VendOrder) -> SpendOutcome:
+        """Spend one credit, record the audit entry and the idempotency key in one step.
+
+        A replayed key returns the original receipt and charges nothing; a key reused with a
+        different fingerprint is a key_conflict; a zero balance records one refusal entry.
+        """
+
+    async def grant(self, order: GrantOrder) -> GrantOutcome: ...
+
+    async def refund(self, order: RefundOrder) -> RefundOutcome:
+        """Give back the credit of one vend, at most once."""
+
+    async def record_refusal(
+        self, user_id: str, action: str, request_id: str, context: Context, now: float
+    ) -> AuditEntry:
+        """An audit entry that moves no credit (e.g. a rate-limited vend)."""
+
+    async def balance(self, user_id: str) -> BalanceView: ...
+
+    async def audit(self, user_id: str, limit: int, after_id: int) -> list[AuditEntry]:
+        """Entries of one user, oldest first, with ids greater than `after_id`."""
+
+    async def snapshot(self) -> LedgerSnapshot:
+        """All balances and entries at one point, for `ledger verify`."""
+
+    # -- request bookkeeping -------------------------------------------------------------
+    async def hit_window(
+        self, key: str, limit: int, window_seconds: int, now: float
+    ) -> WindowCount:
+        """Count one request in the fixed window containing `now`."""
+
+    async def remember(
+        self, scope: str, key: str, response: StoredResponse, ttl_seconds: float, now: float
+    ) -> StoredResponse:
+        """Store a response unless one is already there; return whichever is stored."""
+
+    async def recall(self, scope: str, key: str, now: float) -> StoredResponse | None: ...
+
+    async def claim(self, name: str, owner: str, ttl_seconds: float, now: float) -> bool:
+        """Take a named claim (e.g. a vended token's jti) if nobody holds it."""
+
+    async def release(self, name: str, owner: str) -> None:
+        """Give a claim back, only if `owner` still holds it."""
+
+    async def cache_get(self, key: str, now: float) -> bytes | None: ...
+
+    async def cache_set(self, key: str, value: bytes, ttl_seconds: float, now: float) -> None: ...
+
+    async def purge_expired(self, now: float) -> int:
+        """Drop expired keys, windows, claims and cache entries; never ledger entries."""

@@ -1,0 +1,149 @@
+"""Values that cross the store boundary: orders going in, outcomes and entries coming out.
+
+They are msgspec Structs so backends can persist them as compact JSON without a second
+schema, and so the HTTP layer can render them without copying.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+
+class Action(StrEnum):
+    """What a ledger entry records.  Only `vend`, `grant` and `refund` move credits."""
+
+    VEND = "vend"
+    VEND_REFUSED = "vend_refused"
+    VEND_RATE_LIMITED = "vend_rate_limited"
+    GRANT = "grant"
+    REFUND = "refund"
+
+
+class Context(msgspec.Struct, frozen=True):
+    """Who asked, for the audit trail."""
+
+    ip: str = ""
+    user_agent: str = ""
+
+
+class IdempotencyKey(msgspec.Struct, frozen=True):
+    """A client key scoped to one principal and one route, with the request's fingerprint.
+
+    The scope is what keeps user B from ever reading user A's result with A's key.
+    """
+
+    scope: str
+    key: str
+    fingerprint: str
+    expires_at: float
+
+
+class AuditEntry(msgspec.Struct, frozen=True, rename="camel"):
+    id: int
+    user_id: str
+    action: str
+    delta: int
+    balance_after: int
+    request_id: str
+    ip: str
+    user_agent: str
+    at: str
+    reason: str = ""
+
+
+class VendOrder(msgspec.Struct, frozen=True):
+    user_id: str
+    request_id: str
+    token: str
+    expires_at: int
+    client_request_id: str | None
+    idempotency: IdempotencyKey | None
+    context: Context
+    now: float
+
+
+class VendReceipt(msgspec.Struct, frozen=True):
+    request_id: str
+    token: str
+    expires_at: int
+    balance_after: int
+    client_request_id: str | None
+    at: str
+
+
+class SpendOutcome(msgspec.Struct, frozen=True):
+    """`status` is one of charged, replayed, insufficient, key_conflict."""
+
+    status: str
+    balance: int
+    receipt: VendReceipt | None = None
+
+
+class GrantOrder(msgspec.Struct, frozen=True):
+    user_id: str
+    amount: int
+    request_id: str
+    reason: str
+    idempotency: IdempotencyKey | None
+    context: Context
+    now: float
+
+
+class GrantReceipt(msgspec.Struct, frozen=True):
+    user_id: str
+    amount: int
+    balance_after: int
+    request_id: str
+    reason: str
+    at: str
+
+
+class GrantOutcome(msgspec.Struct, frozen=True):
+    """`status` is one of granted, replayed, key_conflict."""
+
+    status: str
+    receipt: GrantReceipt | None = None
+
+
+class RefundOrder(msgspec.Struct, frozen=True):
+    user_id: str
+    vend_request_id: str
+    reason: str
+    context: Context
+    now: float
+
+
+class RefundOutcome(msgspec.Struct, frozen=True):
+    """`status` is one of refunded, already_refunded, not_found."""
+
+    status: str
+    entry: AuditEntry | None = None
+
+
+class BalanceView(msgspec.Struct, frozen=True):
+    balance: int
+    updated_at: str | None
+
+
+class WindowCount(msgspec.Struct, frozen=True):
+    """Requests counted in the current fixed window, and when it resets (epoch seconds)."""
+
+    count: int
+    reset_at: float
+
+
+class StoredResponse(msgspec.Struct, frozen=True):
+    """A response remembered under an idempotency key, replayed byte for byte."""
+
+    fingerprint: str
+    status_code: int
+    body: bytes
+
+
+class LedgerSnapshot(msgspec.Struct, frozen=True):
+    """Every balance and every entry, read at one consistent point."""
+
+    balances: dict[str, int]
+    entries: list[AuditEntry]

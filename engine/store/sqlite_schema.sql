@@ -1,0 +1,62 @@
+-- Pluct engine, SQLite store.  Applied idempotently at start-up.
+-- The ledger is append-only: triggers refuse UPDATE and DELETE, and balances carry a CHECK so
+-- that no bug above this layer can ever make one negative.
+
+CREATE TABLE IF NOT EXISTS accounts (
+    user_id    TEXT PRIMARY KEY,
+    balance    INTEGER NOT NULL CHECK (balance >= 0),
+    updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS ledger (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id       TEXT NOT NULL,
+    action        TEXT NOT NULL
+                  CHECK (action IN ('vend', 'vend_refused', 'vend_rate_limited', 'grant', 'refund')),
+    delta         INTEGER NOT NULL,
+    balance_after INTEGER NOT NULL CHECK (balance_after >= 0),
+    request_id    TEXT NOT NULL,
+    ip            TEXT NOT NULL,
+    user_agent    TEXT NOT NULL,
+    reason        TEXT NOT NULL DEFAULT '',
+    at            TEXT NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS ledger_by_user ON ledger (user_id, id);
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_one_vend_per_request
+    ON ledger (user_id, request_id) WHERE action = 'vend';
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_one_refund_per_vend
+    ON ledger (user_id, request_id) WHERE action = 'refund';
+
+CREATE TRIGGER IF NOT EXISTS ledger_is_immutable_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'ledger entries are immutable'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_is_immutable_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'ledger entries are immutable'); END;
+
+CREATE TABLE IF NOT EXISTS responses (
+    scope       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    body        BLOB NOT NULL,
+    expires_at  REAL NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS windows (
+    key        TEXT PRIMARY KEY,
+    count      INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS claims (
+    name       TEXT PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS cache (
+    key        TEXT PRIMARY KEY,
+    value      BLOB NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
