@@ -141,8 +141,14 @@ class CreditService:
             )
         now = self._clock()
         payload = msgspec.json.encode([user_id, amount, reason])
+        # Scoped to the target user as well, so the key lives in that user's Redis slot.
         idempotency = scoped_key(
-            "admin", "credits-add", client_key, payload, self._settings.idempotency_ttl_seconds, now
+            f"admin:{user_id}",
+            "credits-add",
+            client_key,
+            payload,
+            self._settings.idempotency_ttl_seconds,
+            now,
         )
         outcome = await self._store.grant(
             GrantOrder(

@@ -92,3 +92,14 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
     )
+
+
+def route_operations(app: Litestar) -> set[tuple[str, str]]:
+    """(METHOD, path template) of every route the app serves, as the spec spells them."""
+    operations = set()
+    for route in app.routes:
+        path = route.path.replace("{job_id:str}", "{jobId}")
+        for method in getattr(route, "methods", ()):
+            if method not in {"OPTIONS", "HEAD"}:
+                operations.add((method, path))
+    return operations

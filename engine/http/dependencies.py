@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request, Response
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from engine.domain.ratelimit import RateState
 from engine.domain.tokens import UserPrincipal
@@ -60,17 +61,19 @@ def context_of(request: AnyRequest) -> Context:
     )
 
 
-async def provide_user(request: AnyRequest, services: Services) -> UserPrincipal:
+async def provide_user(request: AnyRequest, services: NamedDependency[Services]) -> UserPrincipal:
     return services.tokens.verify_user(bearer_token(request))
 
 
-async def provide_rate_limited_user(request: AnyRequest, services: Services) -> Caller:
+async def provide_rate_limited_user(
+    request: AnyRequest, services: NamedDependency[Services]
+) -> Caller:
     principal = services.tokens.verify_user(bearer_token(request))
     rate = await services.limiter.hit(principal.user_id, services.clock())
     return Caller(principal, rate)
 
 
-async def provide_admin(request: AnyRequest, services: Services) -> None:
+async def provide_admin(request: AnyRequest, services: NamedDependency[Services]) -> None:
     """`X-API-Key` only, compared in constant time; the key is never accepted as a Bearer."""
     supplied = request.headers.get("x-api-key", "")
     expected = services.settings.admin_key

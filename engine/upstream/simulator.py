@@ -374,6 +374,10 @@ class BackgroundSimulator:
             name="ttt-simulator",
         )
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def start(self) -> BackgroundSimulator:
         self._thread.start()
         deadline = time.monotonic() + 10

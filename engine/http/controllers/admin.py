@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from msgspec import UNSET
 
 from engine.errors import InvalidRequest
@@ -31,7 +31,9 @@ class AdminController(Controller):
     dependencies = {"admin": Provide(provide_admin)}
 
     @get("/audit")
-    async def audit(self, request: AnyRequest, admin: None, services: Services) -> Response[bytes]:
+    async def audit(
+        self, request: AnyRequest, admin: NamedDependency[None], services: NamedDependency[Services]
+    ) -> Response[bytes]:
         user_id = request.query_params.get("userId", "")
         if not user_id or len(user_id) > 128:
             raise InvalidRequest(

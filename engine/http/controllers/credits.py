@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 
 from engine.domain.idempotency import client_key
 from engine.http.bodies import (
@@ -48,7 +48,9 @@ class CreditsController(Controller):
     path = "/v1/credits"
 
     @get("/balance", dependencies={"caller": Provide(provide_rate_limited_user)})
-    async def balance(self, caller: Caller, services: Services) -> Response[bytes]:
+    async def balance(
+        self, caller: NamedDependency[Caller], services: NamedDependency[Services]
+    ) -> Response[bytes]:
         """`main` mirrors `balance` because the app shows `main + bonus` as the credits."""
         view = await services.credits.balance(caller.principal.user_id)
         body = BalanceResponse(
@@ -60,7 +62,9 @@ class CreditsController(Controller):
         return json_response(body, headers=caller.headers())
 
     @post("/add", status_code=200, dependencies={"admin": Provide(provide_admin)})
-    async def add(self, request: AnyRequest, admin: None, services: Services) -> Response[bytes]:
+    async def add(
+        self, request: AnyRequest, admin: NamedDependency[None], services: NamedDependency[Services]
+    ) -> Response[bytes]:
         data = await decode_body(request, GrantRequest)
         key = client_key(data.client_request_id, request.headers.get("x-client-request-id"))
         granted = await services.credits.grant(
@@ -81,7 +85,9 @@ class CreditsController(Controller):
         )
 
     @post("/refund", status_code=200, dependencies={"admin": Provide(provide_admin)})
-    async def refund(self, request: AnyRequest, admin: None, services: Services) -> Response[bytes]:
+    async def refund(
+        self, request: AnyRequest, admin: NamedDependency[None], services: NamedDependency[Services]
+    ) -> Response[bytes]:
         data = await decode_body(request, RefundRequest)
         entry = await services.credits.refund(
             data.user_id, data.request_id, data.reason, context_of(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 
 from engine.errors import InvalidRequest
 from engine.http.dependencies import AnyRequest, context_of, json_response
@@ -13,7 +14,9 @@ class MetadataController(Controller):
     path = "/meta"
 
     @get("/")
-    async def metadata(self, request: AnyRequest, services: Services) -> Response[bytes]:
+    async def metadata(
+        self, request: AnyRequest, services: NamedDependency[Services]
+    ) -> Response[bytes]:
         url = request.query_params.get("url")
         if not url:
             raise InvalidRequest(

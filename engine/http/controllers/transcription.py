@@ -6,6 +6,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from engine.domain.idempotency import client_key
 from engine.errors import Unauthorized
@@ -27,7 +29,9 @@ class TranscriptionController(Controller):
     path = "/ttt"
 
     @post("/transcribe", status_code=202)
-    async def transcribe(self, request: AnyRequest, services: Services) -> Response[bytes]:
+    async def transcribe(
+        self, request: AnyRequest, services: NamedDependency[Services]
+    ) -> Response[bytes]:
         token = bearer_token(request)
         if not services.tokens.is_vended(token):
             raise Unauthorized(
@@ -45,7 +49,9 @@ class TranscriptionController(Controller):
         return _reply(reply.status_code, reply.body, headers)
 
     @get("/status/{job_id:str}")
-    async def status(self, request: AnyRequest, job_id: str, services: Services) -> Response[bytes]:
+    async def status(
+        self, request: AnyRequest, job_id: FromPath[str], services: NamedDependency[Services]
+    ) -> Response[bytes]:
         """Takes the vended token or the user's own token: polling outlives the 15 minutes."""
         principal = services.tokens.verify_either(bearer_token(request))
         reply = await services.transcription.status(principal, job_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from msgspec import UNSET
 
 from engine.domain.idempotency import client_key
@@ -25,7 +25,10 @@ class VendController(Controller):
 
     @post("/", status_code=200, dependencies={"user": Provide(provide_user)})
     async def vend(
-        self, request: AnyRequest, user: UserPrincipal, services: Services
+        self,
+        request: AnyRequest,
+        user: NamedDependency[UserPrincipal],
+        services: NamedDependency[Services],
     ) -> Response[bytes]:
         """Rate limiting happens inside the vend so a 429 leaves its audit entry."""
         data = await decode_body(request, VendRequest)

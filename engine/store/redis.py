@@ -1,0 +1,309 @@
+"""Redis backend: many workers on many machines share one Redis (or a Redis Cluster).
+
+Each domain operation is one Lua script or one single-key command, so it is atomic on the
+server; nothing is read into Python and written back.  Key layout (see the README):
+
+    {u:<user>}:bal          hash  balance, updated_at
+    {u:<user>}:ledger       list  JSON audit entries, append-only, id = position
+    {u:<user>}:vends        hash  vend requestId -> vended | refunded
+    {u:<user>}:idem:<scope>:<key>  hash  fingerprint + stored receipt, expires with retention
+    resp:<scope>:<key>      hash  remembered response (fingerprint, status, body)
+    rl:<subject>:<window>   int   requests in a fixed window
+    claim:<name>            str   owner of a claim (e.g. a vended token's jti)
+    cache:<key>             str   cached value
+
+Connections come from a *blocking* pool: past its size a request waits (up to a timeout)
+instead of failing, which is what holds under hundreds of in-flight requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from engine.store import redis_scripts as lua
+from engine.store.protocol import StoreUnavailable
+from engine.store.records import (
+    AuditEntry,
+    BalanceView,
+    Context,
+    GrantOrder,
+    GrantOutcome,
+    GrantReceipt,
+    IdempotencyKey,
+    LedgerSnapshot,
+    RefundOrder,
+    RefundOutcome,
+    SpendOutcome,
+    StoredResponse,
+    VendOrder,
+    VendReceipt,
+    WindowCount,
+)
+from engine.timeutil import iso
+
+log = logging.getLogger("engine.store.redis")
+T = TypeVar("T")
+_entry = msgspec.json.Decoder(AuditEntry)
+_vend_receipt = msgspec.json.Decoder(VendReceipt)
+_grant_receipt = msgspec.json.Decoder(GrantReceipt)
+POOL_SIZE = 64
+POOL_TIMEOUT_SECONDS = 5.0
+
+
+def _user(user_id: str) -> str:
+    return "{u:" + user_id + "}"
+
+
+def _idem_key(user_id: str, key: IdempotencyKey | None) -> str:
+    if key is None:
+        return _user(user_id) + ":idem:-"
+    return f"{_user(user_id)}:idem:{key.scope}:{key.key}"
+
+
+def _ms(epoch_seconds: float) -> int:
+    return int(epoch_seconds * 1000)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStore:
+    """The `Store` protocol on Redis; the URL is `redis://host:port/db`."""
+
+    backend = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_TIMEOUT_SECONDS,
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            health_check_interval=30,
+        )
+        self._redis = aioredis.Redis(connection_pool=self._pool)
+        self._spend = self._redis.register_script(lua.SPEND)
+        self._grant = self._redis.register_script(lua.GRANT)
+        self._refund = self._redis.register_script(lua.REFUND)
+        self._refusal = self._redis.register_script(lua.REFUSAL)
+        self._user_snapshot = self._redis.register_script(lua.USER_SNAPSHOT)
+        self._hit = self._redis.register_script(lua.HIT_WINDOW)
+        self._remember = self._redis.register_script(lua.REMEMBER)
+        self._release = self._redis.register_script(lua.RELEASE)
+
+    async def _do(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        except ResponseError as exc:
+            if "LOADING" in str(exc) or "MASTERDOWN" in str(exc) or "READONLY" in str(exc):
+                raise StoreUnavailable(f"redis: {exc}") from exc
+            raise
+
+    async def open(self) -> None:
+        await self._do(self._redis.ping)
+        try:
+            config = await self._redis.config_get("appendonly")
+        except RedisError:
+            return  # managed Redis often forbids CONFIG; nothing to check then
+        if _text(config.get("appendonly", "no")) != "yes":
+            log.warning(
+                "redis persistence: appendonly is off; acknowledged writes since the last"
+                " snapshot are lost if redis-server crashes (set appendonly yes)"
+            )
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._pool.disconnect()
+
+    async def ping(self) -> bool:
+        try:
+            await self._do(self._redis.ping)
+        except StoreUnavailable:
+            return False
+        return True
+
+    # -- credits -------------------------------------------------------------------------
+    async def spend(self, order: VendOrder) -> SpendOutcome:
+        user, idem = _user(order.user_id), order.idempotency
+        status, payload = await self._do(
+            lambda: self._spend(
+                keys=[
+                    user + ":bal",
+                    user + ":ledger",
+                    user + ":vends",
+                    _idem_key(order.user_id, idem),
+                ],
+                args=[
+                    order.user_id,
+                    order.request_id,
+                    order.token,
+                    order.expires_at,
+                    order.client_request_id or "",
+                    order.context.ip,
+                    order.context.user_agent,
+                    iso(order.now),
+                    "1" if idem else "0",
+                    idem.fingerprint if idem else "",
+                    _ms(idem.expires_at) if idem else 0,
+                ],
+            )
+        )
+        status = _text(status)
+        if status in ("charged", "replayed"):
+            receipt = _vend_receipt.decode(payload)
+            return SpendOutcome(status, receipt.balance_after, receipt)
+        return SpendOutcome(status, int(payload))
+
+    async def grant(self, order: GrantOrder) -> GrantOutcome:
+        user, idem = _user(order.user_id), order.idempotency
+        status, payload = await self._do(
+            lambda: self._grant(
+                keys=[user + ":bal", user + ":ledger", _idem_key(order.user_id, idem)],
+                args=[
+                    order.user_id,
+                    order.amount,
+                    order.request_id,
+                    order.reason,
+                    order.context.ip,
+                    order.context.user_agent,
+                    iso(order.now),
+                    "1" if idem else "0",
+                    idem.fingerprint if idem else "",
+                    _ms(idem.expires_at) if idem else 0,
+                ],
+            )
+        )
+        status = _text(status)
+        if status == "key_conflict":
+            return GrantOutcome(status)
+        return GrantOutcome(status, _grant_receipt.decode(payload))
+
+    async def refund(self, order: RefundOrder) -> RefundOutcome:
+        user = _user(order.user_id)
+        status, payload = await self._do(
+            lambda: self._refund(
+                keys=[user + ":bal", user + ":ledger", user + ":vends"],
+                args=[
+                    order.user_id,
+                    order.vend_request_id,
+                    order.reason,
+                    order.context.ip,
+                    order.context.user_agent,
+                    iso(order.now),
+                ],
+            )
+        )
+        status = _text(status)
+        return RefundOutcome(status, _entry.decode(payload) if status == "refunded" else None)
+
+    async def record_refusal(
+        self, user_id: str, action: str, request_id: str, context: Context, now: float
+    ) -> AuditEntry:
+        user = _user(user_id)
+        raw = await self._do(
+            lambda: self._refusal(
+                keys=[user + ":bal", user + ":ledger"],
+                args=[user_id, action, request_id, context.ip, context.user_agent, iso(now)],
+            )
+        )
+        return _entry.decode(raw)
+
+    async def balance(self, user_id: str) -> BalanceView:
+        values = await self._do(
+            lambda: self._redis.hmget(_user(user_id) + ":bal", ["balance", "updated_at"])
+        )
+        if values[0] is None:
+            return BalanceView(0, None)
+        return BalanceView(int(values[0]), _text(values[1]) if values[1] else None)
+
+    async def audit(self, user_id: str, limit: int, after_id: int) -> list[AuditEntry]:
+        raw = await self._do(
+            lambda: self._redis.lrange(_user(user_id) + ":ledger", after_id, after_id + limit - 1)
+        )
+        return [_entry.decode(item) for item in raw]
+
+    async def snapshot(self) -> LedgerSnapshot:
+        """Per user atomic (balance and ledger in one script); users are read one by one."""
+        balances: dict[str, int] = {}
+        entries: list[AuditEntry] = []
+        users: set[str] = set()
+        async for key in self._redis.scan_iter(match="{u:*}:*", count=1000):
+            name = _text(key)
+            if name.endswith((":bal", ":ledger")):
+                users.add(name[3 : name.rindex("}")])
+        for user_id in sorted(users):
+            user = _user(user_id)
+            balance, raw = await self._do(
+                lambda user=user: self._user_snapshot(keys=[user + ":bal", user + ":ledger"])  # type: ignore[misc]
+            )
+            balances[user_id] = int(balance)
+            entries.extend(_entry.decode(item) for item in raw)
+        return LedgerSnapshot(balances, entries)
+
+    # -- request bookkeeping -------------------------------------------------------------
+    async def hit_window(
+        self, key: str, limit: int, window_seconds: int, now: float
+    ) -> WindowCount:
+        start = now - now % window_seconds
+        reset_at = start + window_seconds
+        count = await self._do(
+            lambda: self._hit(keys=[f"rl:{key}:{int(start)}"], args=[_ms(reset_at)])
+        )
+        return WindowCount(int(count), reset_at)
+
+    async def remember(
+        self, scope: str, key: str, response: StoredResponse, ttl_seconds: float, now: float
+    ) -> StoredResponse:
+        fingerprint, status, body = await self._do(
+            lambda: self._remember(
+                keys=[f"resp:{scope}:{key}"],
+                args=[
+                    response.fingerprint,
+                    response.status_code,
+                    response.body,
+                    _ms(now + ttl_seconds),
+                ],
+            )
+        )
+        return StoredResponse(_text(fingerprint), int(status), bytes(body))
+
+    async def recall(self, scope: str, key: str, now: float) -> StoredResponse | None:
+        values = await self._do(
+            lambda: self._redis.hmget(f"resp:{scope}:{key}", ["fp", "status", "body"])
+        )
+        fingerprint, status, body = cast(list[bytes | None], values)
+        if fingerprint is None or status is None or body is None:
+            return None
+        return StoredResponse(_text(fingerprint), int(status), body)
+
+    async def claim(self, name: str, owner: str, ttl_seconds: float, now: float) -> bool:
+        taken = await self._do(
+            lambda: self._redis.set(f"claim:{name}", owner, nx=True, pxat=_ms(now + ttl_seconds))
+        )
+        return bool(taken)
+
+    async def release(self, name: str, owner: str) -> None:
+        await self._do(lambda: self._release(keys=[f"claim:{name}"], args=[owner]))
+
+    async def cache_get(self, key: str, now: float) -> bytes | None:
+        value = await self._do(lambda: self._redis.get(f"cache:{key}"))
+        return cast(bytes | None, value)
+
+    async def cache_set(self, key: str, value: bytes, ttl_seconds: float, now: float) -> None:
+        await self._do(lambda: self._redis.set(f"cache:{key}", value, pxat=_ms(now + ttl_seconds)))
+
+    async def purge_expired(self, now: float) -> int:
+        """Redis expires keys itself."""
+        return 0

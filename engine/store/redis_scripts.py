@@ -1,0 +1,132 @@
+"""Lua scripts of the Redis backend: each domain operation is one script, so it is atomic.
+
+Every key a script touches carries the user's hash tag `{u:<user>}`, so each script runs on one
+Cluster slot.  Ledger entries are JSON in a per-user list; an entry's id is its 1-based
+position, so ids are unique and ordered *per user* (SQLite's are global).
+"""
+
+from __future__ import annotations
+
+# Shared by the scripts that write the ledger.  KEYS[1] balance hash, KEYS[2] ledger list.
+_APPEND = """
+local function append(action, delta, balance_after, request_id, ip, ua, at, reason)
+  local id = redis.call('RPUSH', KEYS[2], '')
+  local entry = cjson.encode({id = id, userId = ARGV[1], action = action, delta = delta,
+    balanceAfter = balance_after, requestId = request_id, ip = ip, userAgent = ua, at = at,
+    reason = reason})
+  redis.call('LSET', KEYS[2], id - 1, entry)
+  return entry
+end
+local function balance()
+  return tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')
+end
+"""
+
+# KEYS: balance, ledger, vends, idempotency.  ARGV: user, request_id, token, expires_at,
+# client_request_id, ip, ua, at, use_idem, fingerprint, idem_expires_at_ms.
+SPEND = (
+    _APPEND
+    + """
+if ARGV[9] == '1' then
+  local stored = redis.call('HMGET', KEYS[4], 'fp', 'body')
+  if stored[1] then
+    if stored[1] ~= ARGV[10] then return {'key_conflict', tostring(balance())} end
+    return {'replayed', stored[2]}
+  end
+end
+local current = balance()
+if current <= 0 then
+  append('vend_refused', 0, current, ARGV[2], ARGV[6], ARGV[7], ARGV[8], 'insufficient_credits')
+  return {'insufficient', tostring(current)}
+end
+local after = redis.call('HINCRBY', KEYS[1], 'balance', -1)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[8])
+append('vend', -1, after, ARGV[2], ARGV[6], ARGV[7], ARGV[8], '')
+redis.call('HSET', KEYS[3], ARGV[2], 'vended')
+local client_key = cjson.null
+if ARGV[5] ~= '' then client_key = ARGV[5] end
+local receipt = cjson.encode({request_id = ARGV[2], token = ARGV[3],
+  expires_at = tonumber(ARGV[4]), balance_after = after, client_request_id = client_key,
+  at = ARGV[8]})
+if ARGV[9] == '1' then
+  redis.call('HSET', KEYS[4], 'fp', ARGV[10], 'body', receipt)
+  redis.call('PEXPIREAT', KEYS[4], ARGV[11])
+end
+return {'charged', receipt}
+"""
+)
+
+# KEYS: balance, ledger, idempotency.  ARGV: user, amount, request_id, reason, ip, ua, at,
+# use_idem, fingerprint, idem_expires_at_ms.
+GRANT = (
+    _APPEND
+    + """
+if ARGV[8] == '1' then
+  local stored = redis.call('HMGET', KEYS[3], 'fp', 'body')
+  if stored[1] then
+    if stored[1] ~= ARGV[9] then return {'key_conflict', ''} end
+    return {'replayed', stored[2]}
+  end
+end
+local amount = tonumber(ARGV[2])
+local after = redis.call('HINCRBY', KEYS[1], 'balance', amount)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[7])
+append('grant', amount, after, ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[4])
+local receipt = cjson.encode({user_id = ARGV[1], amount = amount, balance_after = after,
+  request_id = ARGV[3], reason = ARGV[4], at = ARGV[7]})
+if ARGV[8] == '1' then
+  redis.call('HSET', KEYS[3], 'fp', ARGV[9], 'body', receipt)
+  redis.call('PEXPIREAT', KEYS[3], ARGV[10])
+end
+return {'granted', receipt}
+"""
+)
+
+# KEYS: balance, ledger, vends.  ARGV: user, vend_request_id, reason, ip, ua, at.
+REFUND = (
+    _APPEND
+    + """
+local state = redis.call('HGET', KEYS[3], ARGV[2])
+if not state then return {'not_found', ''} end
+if state == 'refunded' then return {'already_refunded', ''} end
+redis.call('HSET', KEYS[3], ARGV[2], 'refunded')
+local after = redis.call('HINCRBY', KEYS[1], 'balance', 1)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
+return {'refunded', append('refund', 1, after, ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[3])}
+"""
+)
+
+# KEYS: balance, ledger.  ARGV: user, action, request_id, ip, ua, at.
+REFUSAL = (
+    _APPEND
+    + """
+return append(ARGV[2], 0, balance(), ARGV[3], ARGV[4], ARGV[5], ARGV[6], '')
+"""
+)
+
+# KEYS: balance, ledger.  One user's balance and whole ledger at one instant.
+USER_SNAPSHOT = """
+return {redis.call('HGET', KEYS[1], 'balance') or '0', redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+# KEYS: window counter.  ARGV: expires_at_ms.
+HIT_WINDOW = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) end
+return count
+"""
+
+# KEYS: response hash.  ARGV: fingerprint, status, body, expires_at_ms.
+REMEMBER = """
+local stored = redis.call('HMGET', KEYS[1], 'fp', 'status', 'body')
+if stored[1] then return stored end
+redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'status', ARGV[2], 'body', ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+return {ARGV[1], ARGV[2], ARGV[3]}
+"""
+
+# KEYS: claim.  ARGV: owner.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

@@ -1,0 +1,207 @@
+"""One contract, every backend: SQLite and Redis pass the very same assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+import pytest
+
+from engine.config import sqlite_path
+from engine.domain.ledger import verify
+from engine.store import Store
+from engine.store.records import (
+    Action,
+    Context,
+    GrantOrder,
+    IdempotencyKey,
+    RefundOrder,
+    StoredResponse,
+    VendOrder,
+)
+
+CTX = Context(ip="127.0.0.1", user_agent="contract-test")
+
+
+def vend(user: str, request_id: str, key: IdempotencyKey | None = None, now: float | None = None) -> VendOrder:
+    return VendOrder(user, request_id, f"token-{request_id}", int(time.time()) + 900,
+                     key.key if key else None, key, CTX, now or time.time())
+
+
+def grant(user: str, amount: int, request_id: str = "g", key: IdempotencyKey | None = None) -> GrantOrder:
+    return GrantOrder(user, amount, request_id, "test", key, CTX, time.time())
+
+
+def idem(scope: str, key: str, fingerprint: str = "fp", ttl: float = 3600) -> IdempotencyKey:
+    return IdempotencyKey(scope, key, fingerprint, time.time() + ttl)
+
+
+async def test_spend_needs_a_credit_and_records_the_refusal(store: Store) -> None:
+    outcome = await store.spend(vend("ann", "r1"))
+    assert (outcome.status, outcome.balance) == ("insufficient", 0)
+    trail = await store.audit("ann", 10, 0)
+    assert [(e.action, e.delta, e.balance_after) for e in trail] == [("vend_refused", 0, 0)]
+    assert (await store.balance("ann")).balance == 0
+
+
+async def test_grant_then_spend_moves_exactly_one_credit(store: Store) -> None:
+    granted = await store.grant(grant("ann", 3))
+    assert granted.receipt is not None and granted.receipt.balance_after == 3
+    spent = await store.spend(vend("ann", "r1"))
+    assert spent.status == "charged" and spent.balance == 2
+    view = await store.balance("ann")
+    assert view.balance == 2 and view.updated_at is not None
+    actions = [(e.action, e.delta, e.balance_after) for e in await store.audit("ann", 10, 0)]
+    assert actions == [("grant", 3, 3), ("vend", -1, 2)]
+
+
+async def test_concurrent_spends_never_overdraw(store: Store) -> None:
+    await store.grant(grant("ann", 10))
+    outcomes = await asyncio.gather(*(store.spend(vend("ann", f"r{i}")) for i in range(40)))
+    statuses = [o.status for o in outcomes]
+    assert statuses.count("charged") == 10 and statuses.count("insufficient") == 30
+    assert (await store.balance("ann")).balance == 0
+    assert verify(await store.snapshot()).ok
+
+
+async def test_replayed_key_returns_the_first_receipt_and_charges_once(store: Store) -> None:
+    await store.grant(grant("ann", 5))
+    key = idem("user:ann|vend-token", "k1")
+    outcomes = await asyncio.gather(*(store.spend(vend("ann", f"r{i}", key)) for i in range(20)))
+    charged = [o for o in outcomes if o.status == "charged"]
+    assert len(charged) == 1
+    assert {o.receipt.token for o in outcomes if o.receipt} == {charged[0].receipt.token}  # type: ignore[union-attr]
+    assert (await store.balance("ann")).balance == 4
+
+
+async def test_key_with_another_fingerprint_is_a_conflict(store: Store) -> None:
+    await store.grant(grant("ann", 5))
+    await store.spend(vend("ann", "r1", idem("s", "k", "one")))
+    assert (await store.spend(vend("ann", "r2", idem("s", "k", "two")))).status == "key_conflict"
+    assert (await store.balance("ann")).balance == 4
+
+
+async def test_keys_are_scoped_per_user(store: Store) -> None:
+    await store.grant(grant("ann", 1))
+    await store.grant(grant("bob", 1))
+    first = await store.spend(vend("ann", "r1", idem("user:ann|vend-token", "shared")))
+    second = await store.spend(vend("bob", "r2", idem("user:bob|vend-token", "shared")))
+    assert first.status == second.status == "charged"
+    assert first.receipt and second.receipt and first.receipt.token != second.receipt.token
+
+
+async def test_grant_is_idempotent_per_key(store: Store) -> None:
+    key = idem("admin:ann|credits-add", "g1")
+    outcomes = await asyncio.gather(*(store.grant(grant("ann", 7, "g1", key)) for _ in range(15)))
+    assert [o.status for o in outcomes].count("granted") == 1
+    assert (await store.balance("ann")).balance == 7
+
+
+async def test_refund_once(store: Store) -> None:
+    await store.grant(grant("ann", 1))
+    await store.spend(vend("ann", "vend-1"))
+    order = RefundOrder("ann", "vend-1", "upstream failed", CTX, time.time())
+    outcomes = await asyncio.gather(*(store.refund(order) for _ in range(10)))
+    assert sorted(o.status for o in outcomes) == ["already_refunded"] * 9 + ["refunded"]
+    assert (await store.balance("ann")).balance == 1
+    missing = await store.refund(RefundOrder("ann", "nope", "", CTX, time.time()))
+    assert missing.status == "not_found"
+    other_user = await store.refund(RefundOrder("bob", "vend-1", "", CTX, time.time()))
+    assert other_user.status == "not_found"
+    assert verify(await store.snapshot()).ok
+
+
+async def test_idempotency_keys_expire(store: Store) -> None:
+    await store.grant(grant("ann", 5))
+    past = time.time() - 100
+    expired = IdempotencyKey("s", "old", "fp", past + 10)
+    await store.spend(vend("ann", "r1", expired, now=past))
+    again = await store.spend(vend("ann", "r2", expired, now=time.time()))
+    assert again.status == "charged"
+    assert (await store.balance("ann")).balance == 3
+
+
+async def test_windows_count_atomically(store: Store) -> None:
+    now = time.time()
+    counts = await asyncio.gather(*(store.hit_window("rl-test", 5, 60, now) for _ in range(30)))
+    assert sorted(c.count for c in counts) == list(range(1, 31))
+    assert all(now < c.reset_at <= now + 60 for c in counts)
+
+
+async def test_remember_keeps_the_first_response(store: Store) -> None:
+    now = time.time()
+    first = StoredResponse("fp1", 202, b'{"jobId":"a"}')
+    second = StoredResponse("fp2", 202, b'{"jobId":"b"}')
+    results = await asyncio.gather(store.remember("sc", "k", first, 60, now),
+                                   store.remember("sc", "k", second, 60, now))
+    assert results[0] == results[1]
+    assert await store.recall("sc", "k", now) == results[0]
+    assert await store.recall("sc", "other", now) is None
+    await store.remember("sc", "short", first, 1, now - 10)
+    assert await store.recall("sc", "short", now) is None
+
+
+async def test_claims_are_exclusive_and_released_by_owner_only(store: Store) -> None:
+    now = time.time()
+    taken = await asyncio.gather(*(store.claim("jti:x", f"owner{i}", 60, now) for i in range(20)))
+    assert taken.count(True) == 1
+    winner = f"owner{taken.index(True)}"
+    await store.release("jti:x", "somebody-else")
+    assert not await store.claim("jti:x", "late", 60, now)
+    await store.release("jti:x", winner)
+    assert await store.claim("jti:x", "late", 60, now)
+    assert await store.claim("jti:expired", "a", 1, now - 10)
+    assert await store.claim("jti:expired", "b", 60, now)
+
+
+async def test_cache_ttl(store: Store) -> None:
+    now = time.time()
+    await store.cache_set("meta:a", b"value", 3600, now)
+    assert await store.cache_get("meta:a", now) == b"value"
+    await store.cache_set("meta:b", b"value", 1, now - 10)
+    assert await store.cache_get("meta:b", now) is None
+
+
+async def test_refusal_entries_move_nothing(store: Store) -> None:
+    await store.grant(grant("ann", 2))
+    entry = await store.record_refusal("ann", Action.VEND_RATE_LIMITED, "r9", CTX, time.time())
+    assert (entry.action, entry.delta, entry.balance_after) == ("vend_rate_limited", 0, 2)
+    assert (await store.balance("ann")).balance == 2
+
+
+async def test_audit_entries_do_not_change_after_later_writes(store: Store) -> None:
+    await store.grant(grant("ann", 2))
+    before = await store.audit("ann", 10, 0)
+    await store.spend(vend("ann", "r1"))
+    await store.refund(RefundOrder("ann", "r1", "", CTX, time.time()))
+    after = await store.audit("ann", 10, 0)
+    assert after[: len(before)] == before and len(after) == 3
+    page = await store.audit("ann", 2, after[0].id)
+    assert page == after[1:3]
+
+
+async def test_ping(store: Store) -> None:
+    assert await store.ping()
+
+
+def test_sqlite_schema_refuses_ledger_edits_and_negative_balances(tmp_path: object) -> None:
+    async def scenario() -> str:
+        from engine.store import store_from_url
+
+        url = f"sqlite:///{tmp_path}/immutable.db"
+        opened = store_from_url(url)
+        await opened.open()
+        await opened.grant(grant("ann", 1))
+        await opened.close()
+        return url
+
+    url = asyncio.run(scenario())
+    conn = sqlite3.connect(sqlite_path(url))
+    with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+        conn.execute("UPDATE ledger SET delta = 100")
+    with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+        conn.execute("DELETE FROM ledger")
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        conn.execute("UPDATE accounts SET balance = -1")
+    conn.close()
