@@ -42,8 +42,13 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "--strict", "engine")
-    session.run("mypy", "--strict", "--config-file", "conformance/pyproject.toml",
-                "conformance/src/pluct_conformance")
+    session.run(
+        "mypy",
+        "--strict",
+        "--config-file",
+        "conformance/pyproject.toml",
+        "conformance/src/pluct_conformance",
+    )
     session.run("python", "tools/check_notebooks.py", *NOTEBOOKS)
 
 
@@ -52,8 +57,17 @@ def notebooks(session: nox.Session) -> None:
     """Execute every notebook top to bottom."""
     _ensure_redis_server(session)
     session.install("-e", ".[test,notebooks]", "-e", "./conformance")
-    session.run("pytest", "--nbmake", "--nbmake-timeout=120", "-p", "no:cacheprovider",
-                "-o", "addopts=", *NOTEBOOKS, *session.posargs)
+    session.run(
+        "pytest",
+        "--nbmake",
+        "--nbmake-timeout=120",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        *NOTEBOOKS,
+        *session.posargs,
+    )
 
 
 @nox.session
@@ -64,7 +78,7 @@ def conformance(session: nox.Session) -> None:
         session.run("pluct-conformance", "run", *session.posargs)
         return
     _ensure_redis_server(session)
-    session.run("python", "-m", "pluct_conformance.local", *session.posargs)
+    session.run("python", "tools/conformance_local.py", *session.posargs)
     session.run("pytest", "conformance/tests", "-o", "addopts=", "-p", "no:cacheprovider")
 
 

@@ -73,7 +73,9 @@ def fresh_simulator(simulator: BackgroundSimulator) -> BackgroundSimulator:
     return simulator
 
 
-def make_settings(store_url: str, ttt_base: str = "http://127.0.0.1:9", **overrides: object) -> Settings:
+def make_settings(
+    store_url: str, ttt_base: str = "http://127.0.0.1:9", **overrides: object
+) -> Settings:
     env = {
         "ENGINE_JWT_SECRET": JWT_SECRET,
         "ENGINE_ADMIN_KEY": ADMIN_KEY,
@@ -106,7 +108,9 @@ def api(settings: Settings, spec_recorder: SpecRecorder) -> Iterator[TestClient]
 
 
 def user_token(sub: str, scope: str = TRANSCRIBE_SCOPE, ttl: int = 900) -> str:
-    return TokenAuthority(make_settings("sqlite:///unused.db")).mint_user(sub, scope, ttl, time.time())
+    return TokenAuthority(make_settings("sqlite:///unused.db")).mint_user(
+        sub, scope, ttl, time.time()
+    )
 
 
 def bearer(sub: str, scope: str = TRANSCRIBE_SCOPE) -> dict[str, str]:
@@ -116,7 +120,9 @@ def bearer(sub: str, scope: str = TRANSCRIBE_SCOPE) -> dict[str, str]:
 ADMIN = {"X-API-Key": ADMIN_KEY}
 
 
-def async_client(base_url: str, recorder: SpecRecorder, connections: int = 300) -> httpx.AsyncClient:
+def async_client(
+    base_url: str, recorder: SpecRecorder, connections: int = 300
+) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=60.0,

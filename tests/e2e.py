@@ -15,7 +15,9 @@ from engine.local import LocalEngine
 from tests.spec_check import SpecRecorder
 
 
-def recorded_client(engine: LocalEngine, recorder: SpecRecorder, connections: int = 300) -> httpx.AsyncClient:
+def recorded_client(
+    engine: LocalEngine, recorder: SpecRecorder, connections: int = 300
+) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=engine.url,
         timeout=60.0,
@@ -25,8 +27,9 @@ def recorded_client(engine: LocalEngine, recorder: SpecRecorder, connections: in
 
 
 def grant(engine: LocalEngine, user: str, amount: int) -> None:
-    response = engine.client.post("/v1/credits/add", json={"userId": user, "amount": amount},
-                                  headers=engine.admin_headers)
+    response = engine.client.post(
+        "/v1/credits/add", json={"userId": user, "amount": amount}, headers=engine.admin_headers
+    )
     response.raise_for_status()
 
 
@@ -34,15 +37,20 @@ def audit_trail(engine: LocalEngine, user: str) -> list[dict[str, object]]:
     entries: list[dict[str, object]] = []
     after = 0
     while True:
-        page = engine.client.get("/v1/admin/audit", params={"userId": user, "after": after, "limit": 500},
-                                 headers=engine.admin_headers).json()
+        page = engine.client.get(
+            "/v1/admin/audit",
+            params={"userId": user, "after": after, "limit": 500},
+            headers=engine.admin_headers,
+        ).json()
         entries.extend(page["entries"])
         if "nextAfter" not in page:
             return entries
         after = page["nextAfter"]
 
 
-async def fire(client: httpx.AsyncClient, count: int, make: Callable[[int], dict[str, object]]) -> list[httpx.Response]:
+async def fire(
+    client: httpx.AsyncClient, count: int, make: Callable[[int], dict[str, object]]
+) -> list[httpx.Response]:
     """`count` requests at once; the gather is the synchronisation, no sleeps."""
     return await asyncio.gather(*(client.post("/v1/vend-token", **make(i)) for i in range(count)))  # type: ignore[arg-type]
 

@@ -43,7 +43,9 @@ def _pointer(*parts: str) -> str:
 def _templates() -> list[tuple[re.Pattern[str], str]]:
     out = []
     for template in spec()["paths"]:
-        pattern = re.sub(r"\{[^/}]+\}", r"[^/]+", re.escape(template).replace(r"\{", "{").replace(r"\}", "}"))
+        pattern = re.sub(
+            r"\{[^/}]+\}", r"[^/]+", re.escape(template).replace(r"\{", "{").replace(r"\}", "}")
+        )
         out.append((re.compile(f"^{pattern}$"), template))
     return out
 
@@ -66,7 +68,9 @@ def _resolve(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def check_response(method: str, path: str, status: int, body: bytes, content_type: str) -> str | None:
+def check_response(
+    method: str, path: str, status: int, body: bytes, content_type: str
+) -> str | None:
     """None when the response matches the spec, else a one-line reason."""
     found = operation_for(method, path)
     if found is None:
@@ -88,7 +92,7 @@ def check_response(method: str, path: str, status: int, body: bytes, content_typ
     import json
 
     document = json.loads(body)
-    ref = responses[key]["$ref"] if "$ref" in responses[key] else None
+    ref = responses[key].get("$ref")
     base = (
         _pointer("components", "responses", ref.rsplit("/", 1)[1])
         if ref
@@ -116,7 +120,10 @@ class SpecRecorder:
         if found:
             self.seen.add((request.method, found[0], response.status_code))
         problem = check_response(
-            request.method, request.url.path, response.status_code, body,
+            request.method,
+            request.url.path,
+            response.status_code,
+            body,
             response.headers.get("content-type", ""),
         )
         if problem:

@@ -20,8 +20,12 @@ def _b64(data: dict[str, object]) -> str:
 
 def _claims(**changes: object) -> dict[str, object]:
     now = int(time.time())
-    claims: dict[str, object] = {"sub": "ann", "scope": "ttt:transcribe", "iat": now,
-                                 "exp": now + 900}
+    claims: dict[str, object] = {
+        "sub": "ann",
+        "scope": "ttt:transcribe",
+        "iat": now,
+        "exp": now + 900,
+    }
     claims.update(changes)
     return {k: v for k, v in claims.items() if v is not None}
 
@@ -49,7 +53,9 @@ BAD_TOKENS = {
 
 @pytest.mark.parametrize("name", sorted(BAD_TOKENS))
 def test_bad_user_tokens_are_401(api: TestClient, name: str) -> None:
-    response = api.get("/v1/credits/balance", headers={"Authorization": f"Bearer {BAD_TOKENS[name]}"})
+    response = api.get(
+        "/v1/credits/balance", headers={"Authorization": f"Bearer {BAD_TOKENS[name]}"}
+    )
     assert response.status_code == 401, response.text
     assert response.json()["ok"] is False
 
@@ -57,7 +63,10 @@ def test_bad_user_tokens_are_401(api: TestClient, name: str) -> None:
 def test_rs256_confusion_is_401(api: TestClient) -> None:
     header = _b64({"alg": "RS256", "typ": "JWT"})
     token = f"{header}.{_b64(_claims())}.c2lnbmF0dXJl"
-    assert api.get("/v1/credits/balance", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert (
+        api.get("/v1/credits/balance", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 401
+    )
 
 
 @pytest.mark.parametrize("header", ["", "Bearer", "Bearer ", "Basic abc", "bearer", "Token x"])
@@ -77,15 +86,17 @@ def test_the_real_apps_tokens_are_accepted(api: TestClient) -> None:
 
 
 def test_expired_token_says_so(api: TestClient) -> None:
-    response = api.get("/v1/credits/balance",
-                       headers={"Authorization": f"Bearer {BAD_TOKENS['expired']}"})
+    response = api.get(
+        "/v1/credits/balance", headers={"Authorization": f"Bearer {BAD_TOKENS['expired']}"}
+    )
     assert response.json()["code"] == "token_expired"
 
 
 def test_vended_token_is_not_a_user_token(api: TestClient) -> None:
     api.post("/v1/credits/add", json={"userId": "ann", "amount": 1}, headers=ADMIN)
-    vended = api.post("/v1/vend-token",
-                      headers={"Authorization": f"Bearer {_hs256()}"}).json()["token"]
+    vended = api.post("/v1/vend-token", headers={"Authorization": f"Bearer {_hs256()}"}).json()[
+        "token"
+    ]
     response = api.get("/v1/credits/balance", headers={"Authorization": f"Bearer {vended}"})
     assert response.status_code == 401
 

@@ -24,7 +24,9 @@ def engine(request: pytest.FixtureRequest) -> Iterator[LocalEngine]:
         yield running
 
 
-async def test_200_concurrent_vends_on_a_balance_of_50(engine: LocalEngine, spec_recorder: SpecRecorder) -> None:
+async def test_200_concurrent_vends_on_a_balance_of_50(
+    engine: LocalEngine, spec_recorder: SpecRecorder
+) -> None:
     grant(engine, "alice", 50)
     headers = engine.user_headers("alice")
     async with recorded_client(engine, spec_recorder) as client:
@@ -42,26 +44,39 @@ async def test_200_concurrent_vends_on_a_balance_of_50(engine: LocalEngine, spec
     assert verdict.returncode == 0, verdict.stdout
 
 
-async def test_one_key_fired_50_times_charges_once(engine: LocalEngine, spec_recorder: SpecRecorder) -> None:
+async def test_one_key_fired_50_times_charges_once(
+    engine: LocalEngine, spec_recorder: SpecRecorder
+) -> None:
     grant(engine, "bob", 5)
     headers = engine.user_headers("bob")
     async with recorded_client(engine, spec_recorder) as client:
-        responses = await fire(client, 50, lambda i: {"headers": headers,
-                                                      "json": {"clientRequestId": "one-key"}})
+        responses = await fire(
+            client, 50, lambda i: {"headers": headers, "json": {"clientRequestId": "one-key"}}
+        )
     assert statuses(responses) == {200: 50}
     assert len({r.json()["token"] for r in responses}) == 1
     assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 49
     assert engine.client.get("/v1/credits/balance", headers=headers).json()["balance"] == 4
 
 
-async def test_another_users_key_gets_nothing(engine: LocalEngine, spec_recorder: SpecRecorder) -> None:
+async def test_another_users_key_gets_nothing(
+    engine: LocalEngine, spec_recorder: SpecRecorder
+) -> None:
     grant(engine, "carol", 1)
     async with recorded_client(engine, spec_recorder) as client:
-        carol = await client.post("/v1/vend-token", json={"clientRequestId": "k-1"},
-                                  headers=engine.user_headers("carol"))
-        dave = await asyncio.gather(*(
-            client.post("/v1/vend-token", json={"clientRequestId": "k-1"},
-                        headers=engine.user_headers("dave")) for _ in range(10)))
+        carol = await client.post(
+            "/v1/vend-token", json={"clientRequestId": "k-1"}, headers=engine.user_headers("carol")
+        )
+        dave = await asyncio.gather(
+            *(
+                client.post(
+                    "/v1/vend-token",
+                    json={"clientRequestId": "k-1"},
+                    headers=engine.user_headers("dave"),
+                )
+                for _ in range(10)
+            )
+        )
     assert carol.status_code == 200
     assert statuses(dave) == {402: 10}
     assert all(carol.json()["token"] not in r.text for r in dave)
@@ -110,9 +125,13 @@ async def test_kill9_of_one_worker_loses_no_acknowledged_vend(
         assert verdict.returncode == 0, verdict.stdout
 
 
-async def test_redis_restart_mid_storm_gives_503s_not_wrong_balances(spec_recorder: SpecRecorder) -> None:
-    with RedisServer() as redis_server, LocalEngine(store_url=redis_server.url, workers=2,
-                                                   rate_limit_per_minute=0) as engine:
+async def test_redis_restart_mid_storm_gives_503s_not_wrong_balances(
+    spec_recorder: SpecRecorder,
+) -> None:
+    with (
+        RedisServer() as redis_server,
+        LocalEngine(store_url=redis_server.url, workers=2, rate_limit_per_minute=0) as engine,
+    ):
         grant(engine, "gus", 100_000)
         async with recorded_client(engine, spec_recorder) as client:
             storm = Storm(client, engine.user_headers("gus"))
@@ -124,7 +143,9 @@ async def test_redis_restart_mid_storm_gives_503s_not_wrong_balances(spec_record
         assert set(storm.errors) <= {"503"}, storm.errors
         vends = {e["requestId"] for e in audit_trail(engine, "gus") if e["action"] == "vend"}
         assert set(storm.acknowledged) <= vends
-        balance = engine.client.get("/v1/credits/balance", headers=engine.user_headers("gus")).json()
+        balance = engine.client.get(
+            "/v1/credits/balance", headers=engine.user_headers("gus")
+        ).json()
         assert balance["balance"] == 100_000 - len(vends)
         verdict = engine.ledger_verify()
         assert verdict.returncode == 0, verdict.stdout

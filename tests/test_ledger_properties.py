@@ -39,9 +39,15 @@ async def _run(url: str, batches: list[list[tuple[str, str, int]]]) -> None:
         async def apply(kind: str, user: str, n: int) -> str:
             uid = users[user]
             if kind == "grant":
-                return (await store.grant(GrantOrder(uid, n, f"g{uuid.uuid4().hex}", "", None, CTX, now))).status
+                return (
+                    await store.grant(
+                        GrantOrder(uid, n, f"g{uuid.uuid4().hex}", "", None, CTX, now)
+                    )
+                ).status
             if kind == "spend":
-                order = VendOrder(uid, f"v{n}-{uuid.uuid4().hex[:4]}", "t", int(now) + 900, None, None, CTX, now)
+                order = VendOrder(
+                    uid, f"v{n}-{uuid.uuid4().hex[:4]}", "t", int(now) + 900, None, None, CTX, now
+                )
                 return (await store.spend(order)).status
             trail = await store.audit(uid, 1000, 0)
             vends = [e.request_id for e in trail if e.action == "vend"]
@@ -51,7 +57,7 @@ async def _run(url: str, batches: list[list[tuple[str, str, int]]]) -> None:
         for batch in batches:
             await asyncio.gather(*(apply(*op) for op in batch))
         snapshot = await store.snapshot()
-        mine = {uid for uid in users.values()}
+        mine = set(users.values())
         report = verify(snapshot)
         assert report.ok, report.problems
         for uid in mine:
@@ -68,14 +74,20 @@ async def _run(url: str, batches: list[list[tuple[str, str, int]]]) -> None:
 batches = st.lists(st.lists(operation, min_size=1, max_size=12), min_size=1, max_size=4)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(batches=batches)
-def test_sqlite_ledger_invariants(tmp_path_factory: object, batches: list[list[tuple[str, str, int]]]) -> None:
+def test_sqlite_ledger_invariants(
+    tmp_path_factory: object, batches: list[list[tuple[str, str, int]]]
+) -> None:
     path = tmp_path_factory.mktemp("prop") / "ledger.db"  # type: ignore[attr-defined]
     asyncio.run(_run(f"sqlite:///{path}", batches))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(batches=batches)
 def test_redis_ledger_invariants(redis_url: str, batches: list[list[tuple[str, str, int]]]) -> None:
     asyncio.run(_run(redis_url, batches))

@@ -38,3 +38,8 @@ def test_checker_rejects_a_body_that_breaks_the_spec() -> None:
     bad = b'{"ok":true,"userId":"u","balance":2.5,"main":2,"bonus":0,"updatedAt":"x"}'
     assert check_response("GET", "/v1/credits/balance", 200, bad, "application/json")
     assert check_response("GET", "/v1/credits/balance", 418, b"{}", "application/json")
+
+
+def test_conformance_ships_the_same_spec() -> None:
+    shipped = SPEC_PATH.parents[1] / "conformance" / "src" / "pluct_conformance" / "openapi.yaml"
+    assert shipped.read_text() == SPEC_PATH.read_text(), "copy spec/openapi.yaml into conformance"

@@ -24,12 +24,24 @@ from engine.store.records import (
 CTX = Context(ip="127.0.0.1", user_agent="contract-test")
 
 
-def vend(user: str, request_id: str, key: IdempotencyKey | None = None, now: float | None = None) -> VendOrder:
-    return VendOrder(user, request_id, f"token-{request_id}", int(time.time()) + 900,
-                     key.key if key else None, key, CTX, now or time.time())
+def vend(
+    user: str, request_id: str, key: IdempotencyKey | None = None, now: float | None = None
+) -> VendOrder:
+    return VendOrder(
+        user,
+        request_id,
+        f"token-{request_id}",
+        int(time.time()) + 900,
+        key.key if key else None,
+        key,
+        CTX,
+        now or time.time(),
+    )
 
 
-def grant(user: str, amount: int, request_id: str = "g", key: IdempotencyKey | None = None) -> GrantOrder:
+def grant(
+    user: str, amount: int, request_id: str = "g", key: IdempotencyKey | None = None
+) -> GrantOrder:
     return GrantOrder(user, amount, request_id, "test", key, CTX, time.time())
 
 
@@ -133,8 +145,9 @@ async def test_remember_keeps_the_first_response(store: Store) -> None:
     now = time.time()
     first = StoredResponse("fp1", 202, b'{"jobId":"a"}')
     second = StoredResponse("fp2", 202, b'{"jobId":"b"}')
-    results = await asyncio.gather(store.remember("sc", "k", first, 60, now),
-                                   store.remember("sc", "k", second, 60, now))
+    results = await asyncio.gather(
+        store.remember("sc", "k", first, 60, now), store.remember("sc", "k", second, 60, now)
+    )
     assert results[0] == results[1]
     assert await store.recall("sc", "k", now) == results[0]
     assert await store.recall("sc", "other", now) is None

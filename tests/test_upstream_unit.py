@@ -30,7 +30,10 @@ class FakeClock:
     ("raw", "canonical"),
     [
         ("https://www.tiktok.com/@user/video/123", "https://www.tiktok.com/@user/video/123"),
-        ("  https://tiktok.com/@a.b-c/video/9/?lang=en#x ", "https://www.tiktok.com/@a.b-c/video/9"),
+        (
+            "  https://tiktok.com/@a.b-c/video/9/?lang=en#x ",
+            "https://www.tiktok.com/@a.b-c/video/9",
+        ),
         ("https://m.tiktok.com/@u/video/1", "https://www.tiktok.com/@u/video/1"),
         ("HTTPS://VM.TIKTOK.COM/ZMabc123/", "https://vm.tiktok.com/ZMabc123/"),
         ("https://vt.tiktok.com/ZSabc", "https://vt.tiktok.com/ZSabc/"),
@@ -44,15 +47,27 @@ def test_tiktok_urls_are_normalised(raw: str, canonical: str) -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        "", "not a url", "http://www.tiktok.com/@u/video/1", "ftp://www.tiktok.com/@u/video/1",
-        "https://example.com/x.wav", "https://example.com/?q=tiktok.com",
-        "https://www.tiktok.com.evil.com/@u/video/1", "https://eviltiktok.com/@u/video/1",
-        "https://www.tiktok.com@127.0.0.1/@u/video/1", "https://user:pw@www.tiktok.com/@u/video/1",
-        "https://127.0.0.1/@u/video/1", "https://[::1]/@u/video/1", "https://10.0.0.1/x",
-        "https://www.tiktok.com:8080/@u/video/1", "https://www.tiktok.com/t/ZT8abc/",
-        "https://m.tiktok.com/v/123.html", "https://www.tiktok.com/@u/video/1;rm",
-        "https://vm.tiktok.com/a$(id)/", "https://vm.tiktok.com/../../etc/passwd",
-        "https://www.tiktok.com/@u/video/1'\"", "https://www.tiktok.com:99999/@u/video/1",
+        "",
+        "not a url",
+        "http://www.tiktok.com/@u/video/1",
+        "ftp://www.tiktok.com/@u/video/1",
+        "https://example.com/x.wav",
+        "https://example.com/?q=tiktok.com",
+        "https://www.tiktok.com.evil.com/@u/video/1",
+        "https://eviltiktok.com/@u/video/1",
+        "https://www.tiktok.com@127.0.0.1/@u/video/1",
+        "https://user:pw@www.tiktok.com/@u/video/1",
+        "https://127.0.0.1/@u/video/1",
+        "https://[::1]/@u/video/1",
+        "https://10.0.0.1/x",
+        "https://www.tiktok.com:8080/@u/video/1",
+        "https://www.tiktok.com/t/ZT8abc/",
+        "https://m.tiktok.com/v/123.html",
+        "https://www.tiktok.com/@u/video/1;rm",
+        "https://vm.tiktok.com/a$(id)/",
+        "https://vm.tiktok.com/../../etc/passwd",
+        "https://www.tiktok.com/@u/video/1'\"",
+        "https://www.tiktok.com:99999/@u/video/1",
         "https://" + "a" * 3000,
     ],
 )
@@ -63,8 +78,11 @@ def test_everything_else_is_refused(raw: str) -> None:
 
 def _client(clock: FakeClock | None = None, **breaker: int) -> TTTClient:
     return TTTClient(
-        BASE, "shh", CircuitBreaker("ttt", clock=clock or FakeClock(), **breaker),  # type: ignore[arg-type]
-        transcribe_timeout=0.5, status_timeout=0.5,
+        BASE,
+        "shh",
+        CircuitBreaker("ttt", clock=clock or FakeClock(), **breaker),  # type: ignore[arg-type]
+        transcribe_timeout=0.5,
+        status_timeout=0.5,
     )
 
 
@@ -96,7 +114,9 @@ async def test_submit_sends_auth_agent_and_request_id_once() -> None:
     ],
 )
 @respx.mock
-async def test_submit_maps_upstream_answers(response: httpx.Response, status: int, code: str) -> None:
+async def test_submit_maps_upstream_answers(
+    response: httpx.Response, status: int, code: str
+) -> None:
     route = respx.post(f"{BASE}/transcribe").mock(return_value=response)
     with pytest.raises(EngineError) as caught:
         await _client().submit("https://www.tiktok.com/@u/video/1", "r")
@@ -155,7 +175,9 @@ async def test_breaker_opens_fails_fast_and_recovers() -> None:
 
 def test_breaker_opens_on_failure_rate_and_half_open_failure_reopens() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker("x", failure_threshold=100, min_calls=10, cooldown_seconds=5, clock=clock)
+    breaker = CircuitBreaker(
+        "x", failure_threshold=100, min_calls=10, cooldown_seconds=5, clock=clock
+    )
     for i in range(10):
         breaker.before_call()
         breaker.record(i % 2 == 0, 1.0)
@@ -187,7 +209,9 @@ async def test_fetcher_follows_redirects_only_inside_the_allow_list() -> None:
     respx.get("https://vm.tiktok.com/ABC/").mock(
         return_value=httpx.Response(301, headers={"location": "https://www.tiktok.com/@x/video/1"})
     )
-    respx.get("https://www.tiktok.com/@x/video/1").mock(return_value=httpx.Response(200, text="<title>t</title>"))
+    respx.get("https://www.tiktok.com/@x/video/1").mock(
+        return_value=httpx.Response(200, text="<title>t</title>")
+    )
     final, page = await _fetcher().fetch("https://vm.tiktok.com/ABC/")
     assert final == "https://www.tiktok.com/@x/video/1" and "<title>" in page
 
@@ -203,7 +227,9 @@ async def test_fetcher_follows_redirects_only_inside_the_allow_list() -> None:
 
 @respx.mock
 async def test_fetcher_caps_size_and_reports_failures() -> None:
-    respx.get("https://www.tiktok.com/@big/video/1").mock(return_value=httpx.Response(200, content=b"x" * 20_000))
+    respx.get("https://www.tiktok.com/@big/video/1").mock(
+        return_value=httpx.Response(200, content=b"x" * 20_000)
+    )
     with pytest.raises(EngineError) as big:
         await _fetcher().fetch("https://www.tiktok.com/@big/video/1")
     assert big.value.error_code == "metadata_too_large"
@@ -214,10 +240,19 @@ async def test_fetcher_caps_size_and_reports_failures() -> None:
 
 
 def test_page_parsing_gives_integers_and_strings() -> None:
-    page = ('<title>Fallback</title><meta property="og:title" content="Clip &amp; more"/>'
-            '<meta property="og:description" content="desc"/>{"author":"Ann","duration":41.7}')
-    meta = parse_page(page, "https://www.tiktok.com/@ann/video/1", "https://www.tiktok.com/@ann/video/1")
+    page = (
+        '<title>Fallback</title><meta property="og:title" content="Clip &amp; more"/>'
+        '<meta property="og:description" content="desc"/>{"author":"Ann","duration":41.7}'
+    )
+    meta = parse_page(
+        page, "https://www.tiktok.com/@ann/video/1", "https://www.tiktok.com/@ann/video/1"
+    )
     assert (meta.title, meta.author, meta.description, meta.duration, meta.handle) == (
-        "Clip & more", "Ann", "desc", 41, "ann")
+        "Clip & more",
+        "Ann",
+        "desc",
+        41,
+        "ann",
+    )
     empty = parse_page("", "https://vm.tiktok.com/X/", "https://vm.tiktok.com/X/")
     assert (empty.title, empty.duration, empty.handle) == ("TikTok video", 0, "")

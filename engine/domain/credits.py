@@ -128,17 +128,23 @@ class CreditService:
     async def grant(
         self,
         user_id: str,
-        amount: int,
+        amount: int | float,
         reason: str,
         *,
         client_key: str | None,
         context: Context,
     ) -> Granted:
+        """Whole credits only: 5.0 is 5, 2.5 is refused (the original stored "2.5")."""
+        if isinstance(amount, float) and not amount.is_integer():
+            raise InvalidRequest(
+                "amount must be a whole number of credits", details={"field": "amount"}
+            )
         if not 1 <= amount <= self._settings.max_grant_amount:
             raise InvalidRequest(
                 f"amount must be an integer from 1 to {self._settings.max_grant_amount}",
                 details={"field": "amount"},
             )
+        amount = int(amount)
         now = self._clock()
         payload = msgspec.json.encode([user_id, amount, reason])
         # Scoped to the target user as well, so the key lives in that user's Redis slot.

@@ -34,7 +34,7 @@ class VendRequest(Body, kw_only=True):
 
 class GrantRequest(Body, kw_only=True):
     user_id: UserId
-    amount: int
+    amount: int | float  # JSON Schema's integer admits 5.0; the service refuses fractions
     reason: Reason = "Admin credit addition"
     client_request_id: ClientKey | None = None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency, Provide
 from msgspec import UNSET
@@ -13,6 +15,7 @@ from engine.http.dependencies import AnyRequest, json_response, provide_admin
 from engine.services import Services
 
 MAX_PAGE = 500
+USER_ID = re.compile(r"[A-Za-z0-9._:@|+-]{1,128}")
 
 
 def _int_param(request: AnyRequest, name: str, default: int, low: int, high: int) -> int:
@@ -35,7 +38,7 @@ class AdminController(Controller):
         self, request: AnyRequest, admin: NamedDependency[None], services: NamedDependency[Services]
     ) -> Response[bytes]:
         user_id = request.query_params.get("userId", "")
-        if not user_id or len(user_id) > 128:
+        if not USER_ID.fullmatch(user_id):
             raise InvalidRequest(
                 "userId query parameter is required", details={"parameter": "userId"}
             )

@@ -1,0 +1,166 @@
+"""Hostile input: malformed bodies, odd ids, lookalike URLs, SSRF and path tricks. No 5xx."""
+
+from __future__ import annotations
+
+import httpx
+
+from pluct_conformance.registry import Failure, check, expect_status
+from pluct_conformance.target import Target
+
+LOOKALIKES = [
+    "https://example.com/x.wav",
+    "https://example.com/?q=tiktok.com",
+    "https://www.tiktok.com.evil.example/@u/video/1",
+    "https://eviltiktok.com/@u/video/1",
+    "http://www.tiktok.com/@u/video/1",
+    "javascript:alert(1)//tiktok.com",
+    'https://www.tiktok.com/@u/video/1"; rm -rf /',
+]
+SSRF = [
+    "http://127.0.0.1:8787/health?tiktok.com",
+    "https://127.0.0.1/@u/video/1",
+    "https://localhost/@u/video/1",
+    "https://[::1]/@u/video/1",
+    "https://169.254.169.254/latest/meta-data/?tiktok.com",
+    "https://10.0.0.1/@u/video/1",
+    "https://192.168.1.1/@u/video/1",
+    "https://www.tiktok.com@127.0.0.1/@u/video/1",
+    "https://user:pass@www.tiktok.com@10.0.0.1/@u/video/1",
+    "https://0x7f000001/@u/video/1",
+    "file:///etc/passwd",
+    "gopher://127.0.0.1:6379/_PING",
+]
+TRAVERSAL = [
+    "%2E%2E%2Fhealth",
+    "..%2F..%2Fadmin",
+    "%2e%2e",
+    "a%2Fb",
+    "a%3Fx%3D1",
+    "a%23frag",
+    "a%00b",
+    "%252E%252E%252Fhealth",
+    "x" * 400,
+]
+
+
+def _no_5xx(response: httpx.Response) -> None:
+    if response.status_code >= 500:
+        raise Failure(
+            f"{response.status_code} for hostile input: {response.text[:120]}", response.request
+        )
+
+
+@check("hardening", "strict", "malformed JSON bodies get a 4xx, never a 5xx")
+async def malformed_json(target: Target) -> None:
+    async with target.client() as client:
+        for path, headers in (
+            ("/v1/credits/add", target.admin()),
+            ("/v1/vend-token", target.bearer("malformed")),
+        ):
+            for body in (b'{"userId": ', b"\xff\xfe", b"[]", b"null", b'"text"', b"{" * 5000):
+                response = await client.post(
+                    path, content=body, headers={**headers, "Content-Type": "application/json"}
+                )
+                expect_status(response, 400, 401, 402, 413, 415, 422)
+
+
+@check(
+    "hardening",
+    "strict",
+    "wrong types (fractional, string, boolean, huge) amounts are 4xx and grant nothing",
+)
+async def wrong_types(target: Target) -> None:
+    async with target.client() as client:
+        label = "types"
+        for amount in (2.5, "5", True, None, -1, 0, 10**30, [1], {"n": 1}):
+            response = await client.post(
+                "/v1/credits/add",
+                headers=target.admin(),
+                json={"userId": target.user_id(label), "amount": amount},
+            )
+            expect_status(response, 400, 422)
+        balance = await client.get("/v1/credits/balance", headers=target.bearer(label))
+        if balance.status_code == 200 and balance.json().get("balance") != 0:
+            raise Failure(
+                f"a rejected grant still moved the balance to {balance.json().get('balance')}",
+                balance.request,
+            )
+
+
+@check("hardening", "strict", "oversized bodies are refused with a 4xx")
+async def huge_body(target: Target) -> None:
+    async with target.client() as client:
+        body = b'{"userId":"' + b"a" * 2_000_000 + b'","amount":1}'
+        response = await client.post(
+            "/v1/credits/add",
+            content=body,
+            headers={**target.admin(), "Content-Type": "application/json"},
+        )
+        expect_status(response, 400, 413, 422)
+
+
+@check("hardening", "strict", "unicode and very long ids and keys are handled without a 5xx")
+async def odd_ids(target: Target) -> None:
+    async with target.client() as client:
+        for user in ("ünïcødé-👾", "a" * 5000, "../../etc", "{u:x}", ""):
+            response = await client.post(
+                "/v1/credits/add", headers=target.admin(), json={"userId": user, "amount": 1}
+            )
+            _no_5xx(response)
+        for key in ("é" * 300, "k" * 10_000, "\u0000", "a b"):
+            response = await client.post(
+                "/v1/vend-token", headers=target.bearer("odd-key"), json={"clientRequestId": key}
+            )
+            _no_5xx(response)
+        token = target.mint("\u202e" * 3 + "x" * 300)
+        response = await client.get(
+            "/v1/credits/balance", headers={"Authorization": f"Bearer {token}"}
+        )
+        _no_5xx(response)
+
+
+@check(
+    "hardening",
+    "seed",
+    "non-TikTok and lookalike URLs are refused (400/422) on /meta and /ttt/transcribe",
+)
+async def lookalike_urls(target: Target) -> None:
+    async with target.client() as client:
+        for url in LOOKALIKES:
+            expect_status(await client.get("/meta", params={"url": url}), 400, 422)
+        token = await target.vend(client, await target.funded(client, "lookalike", 1))
+        for url in LOOKALIKES:
+            response = await client.post(
+                "/ttt/transcribe", json={"url": url}, headers={"Authorization": f"Bearer {token}"}
+            )
+            expect_status(response, 400, 422)
+
+
+@check(
+    "hardening",
+    "strict",
+    "SSRF probes on /meta (loopback, private ranges, userinfo, schemes) are refused",
+)
+async def ssrf_meta(target: Target) -> None:
+    async with target.client() as client:
+        for url in SSRF:
+            expect_status(await client.get("/meta", params={"url": url}), 400, 422)
+
+
+@check("hardening", "strict", "redirects out of TikTok are not followed by /meta")
+async def ssrf_redirect(target: Target) -> None:
+    async with target.client() as client:
+        response = await client.get("/meta", params={"url": "https://vm.tiktok.com/EVIL/"})
+        if response.status_code >= 500 and response.status_code not in (502, 504):
+            _no_5xx(response)
+        if response.status_code == 200 and "internal" in response.text:
+            raise Failure("a redirect to an internal address was followed", response.request)
+
+
+@check("hardening", "strict", "path tricks on /ttt/status/{id} never reach another upstream path")
+async def status_traversal(target: Target) -> None:
+    async with target.client() as client:
+        headers = target.bearer("traversal")
+        for trick in TRAVERSAL:
+            response = await client.get(f"/ttt/status/{trick}", headers=headers)
+            expect_status(response, 400, 401, 404)
