@@ -125,6 +125,25 @@ class RedisServer:
         self.close()
 
 
+def exchange(response: httpx.Response, limit: int = 600) -> str:
+    """A request and its response as text, the way a notebook shows an HTTP exchange."""
+    request = response.request
+    shown = ("authorization", "x-api-key", "content-type", "x-client-request-id")
+    lines = [f"> {request.method} {request.url.raw_path.decode()}"]
+    for name in shown:
+        if name in request.headers:
+            value = request.headers[name]
+            lines.append(f"> {name}: {value[:24] + '…' if len(value) > 28 else value}")
+    if request.content:
+        lines.append(f"> {request.content.decode(errors='replace')[:limit]}")
+    lines.append(f"< {response.status_code} {response.reason_phrase}")
+    for name in ("idempotent-replayed", "ratelimit", "retry-after"):
+        if name in response.headers:
+            lines.append(f"< {name}: {response.headers[name]}")
+    lines.append(f"< {response.text[:limit]}")
+    return "\n".join(lines)
+
+
 class LocalEngine:
     """A real engine process with its own secrets, store and upstream simulator."""
 
@@ -132,11 +151,16 @@ class LocalEngine:
         self,
         *,
         store_url: str | None = None,
+        redis: bool = False,
         workers: int = 1,
         rate_limit_per_minute: int = 100,
         env: dict[str, str] | None = None,
     ) -> None:
+        """`redis=True` starts a throwaway redis-server for this engine (and stops it after)."""
         self._dir = Path(tempfile.mkdtemp(prefix="pluct-engine-"))
+        self._redis = RedisServer().start() if redis and store_url is None else None
+        if self._redis is not None:
+            store_url = self._redis.url
         self.store_url = store_url or f"sqlite:///{self._dir / 'engine.db'}"
         self.workers = workers
         self.jwt_secret = secrets.token_urlsafe(32)
@@ -247,6 +271,8 @@ class LocalEngine:
         self.stop()
         self.client.close()
         self.simulator.stop()
+        if self._redis is not None:
+            self._redis.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> Self:

@@ -7,8 +7,16 @@ It speaks HTTP only and never imports the engine, so it judges any deployment al
 """
 
 from pluct_conformance.registry import CheckResult, Outcome, Report, all_checks
-from pluct_conformance.runner import run_checks
+from pluct_conformance.runner import run_checks, run_checks_async
 from pluct_conformance.target import Target
 
-__all__ = ["CheckResult", "Outcome", "Report", "Target", "all_checks", "run_checks"]
+__all__ = [
+    "CheckResult",
+    "Outcome",
+    "Report",
+    "Target",
+    "all_checks",
+    "run_checks",
+    "run_checks_async",
+]
 __version__ = "1.0.0"
