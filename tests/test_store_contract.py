@@ -12,10 +12,10 @@ from engine.config import sqlite_path
 from engine.domain.ledger import verify
 from engine.store import Store
 from engine.store.records import (
-    Action,
     Context,
     GrantOrder,
     IdempotencyKey,
+    RateWindow,
     RefundOrder,
     StoredResponse,
     VendOrder,
@@ -136,9 +136,23 @@ async def test_idempotency_keys_expire(store: Store) -> None:
 
 async def test_windows_count_atomically(store: Store) -> None:
     now = time.time()
-    counts = await asyncio.gather(*(store.hit_window("rl-test", 5, 60, now) for _ in range(30)))
+    counts = await asyncio.gather(*(store.hit_window("rl-test", 60, now) for _ in range(30)))
     assert sorted(c.count for c in counts) == list(range(1, 31))
     assert all(now < c.reset_at <= now + 60 for c in counts)
+
+
+async def test_a_vend_counts_itself_in_the_same_window(store: Store) -> None:
+    await store.grant(grant("ann", 10))
+    now = time.time()
+    await store.hit_window("ann", 60, now)
+    rate = RateWindow("ann", 3, 60)
+    outcomes = [await store.spend(VendOrder("ann", f"r{i}", "t", int(now) + 900, None, None,
+                                            CTX, now, rate)) for i in range(4)]
+    assert [o.status for o in outcomes] == ["charged", "charged", "rate_limited", "rate_limited"]
+    assert [o.window.count for o in outcomes if o.window] == [2, 3, 4, 5]
+    trail = await store.audit("ann", 10, 0)
+    assert [e.action for e in trail][-2:] == ["vend_rate_limited", "vend_rate_limited"]
+    assert (await store.balance("ann")).balance == 8
 
 
 async def test_remember_keeps_the_first_response(store: Store) -> None:
@@ -174,13 +188,6 @@ async def test_cache_ttl(store: Store) -> None:
     assert await store.cache_get("meta:a", now) == b"value"
     await store.cache_set("meta:b", b"value", 1, now - 10)
     assert await store.cache_get("meta:b", now) is None
-
-
-async def test_refusal_entries_move_nothing(store: Store) -> None:
-    await store.grant(grant("ann", 2))
-    entry = await store.record_refusal("ann", Action.VEND_RATE_LIMITED, "r9", CTX, time.time())
-    assert (entry.action, entry.delta, entry.balance_after) == ("vend_rate_limited", 0, 2)
-    assert (await store.balance("ann")).balance == 2
 
 
 async def test_audit_entries_do_not_change_after_later_writes(store: Store) -> None:

@@ -6,8 +6,8 @@ here and written back.
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,11 +24,9 @@ from engine.errors import (
     InsufficientCredits,
     InvalidRequest,
     NotFound,
-    RateLimited,
 )
 from engine.store.protocol import Store
 from engine.store.records import (
-    Action,
     AuditEntry,
     BalanceView,
     Context,
@@ -43,7 +41,7 @@ Clock = Callable[[], float]
 
 
 def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex
+    return "req_" + secrets.token_hex(16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +85,6 @@ class CreditService:
         if claimed_user_id is not None and claimed_user_id != user.user_id:
             raise Forbidden("Body userId does not match the token subject", code="user_mismatch")
         now = self._clock()
-        request_id = new_request_id()
-        try:
-            rate = await self._limiter.hit(user.user_id, now)
-        except RateLimited:
-            await self._store.record_refusal(
-                user.user_id, Action.VEND_RATE_LIMITED, request_id, context, now
-            )
-            raise
         minted = self._tokens.mint_vended(user.user_id, now)
         idempotency = scoped_key(
             f"user:{user.user_id}",
@@ -107,15 +97,18 @@ class CreditService:
         outcome = await self._store.spend(
             VendOrder(
                 user_id=user.user_id,
-                request_id=request_id,
+                request_id=new_request_id(),
                 token=minted.token,
                 expires_at=minted.expires_at,
                 client_request_id=client_key,
                 idempotency=idempotency,
                 context=context,
                 now=now,
+                rate=self._limiter.window(user.user_id),
             )
         )
+        if outcome.status == "rate_limited" and outcome.window is not None:
+            raise self._limiter.refusal(outcome.window, now)
         if outcome.status == "insufficient":
             raise InsufficientCredits(
                 details={"balance": outcome.balance, "required": 1},
@@ -123,6 +116,7 @@ class CreditService:
             )
         if outcome.status == "key_conflict" or outcome.receipt is None:
             raise IdempotencyKeyReused()
+        rate = self._limiter.state(outcome.window, now) if outcome.window else None
         return Vended(outcome.receipt, outcome.status == "replayed", rate)
 
     async def grant(

@@ -1,7 +1,8 @@
 """Per-subject request limits, counted atomically in the store.
 
-A fixed one-minute window: one store round trip per request, exact under any concurrency and
-shared by every worker and machine that shares the store.
+A fixed one-minute window: exact under any concurrency and shared by every worker and machine
+that shares the store.  A vend counts itself inside its own spend operation (one store round
+trip per vend); other requests count with `hit`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from engine.errors import RateLimited
 from engine.store.protocol import Store
+from engine.store.records import RateWindow, WindowCount
 
 WINDOW_SECONDS = 60
 POLICY_NAME = "per-user"
@@ -35,25 +37,31 @@ class RateLimiter:
         self._store = store
         self.per_minute = per_minute
 
-    @property
-    def enabled(self) -> bool:
-        return self.per_minute > 0
+    def window(self, subject: str) -> RateWindow | None:
+        """What a store operation should count for `subject`; None when limiting is off."""
+        return RateWindow(subject, self.per_minute, WINDOW_SECONDS) if self.per_minute > 0 else None
+
+    def state(self, counted: WindowCount, now: float) -> RateState:
+        reset = max(1, math.ceil(counted.reset_at - now))
+        return RateState(self.per_minute, max(0, self.per_minute - counted.count), reset)
+
+    def refusal(self, counted: WindowCount, now: float) -> RateLimited:
+        state = self.state(counted, now)
+        return RateLimited(
+            details={
+                "limit": self.per_minute,
+                "windowSeconds": WINDOW_SECONDS,
+                "retryAfterSeconds": state.reset_seconds,
+            },
+            headers={"Retry-After": str(state.reset_seconds), **state.headers()},
+            extra={"retryAfterSeconds": state.reset_seconds},
+        )
 
     async def hit(self, subject: str, now: float) -> RateState | None:
         """Count one request; raise `RateLimited` past the limit.  None when disabled."""
-        if not self.enabled:
+        if self.per_minute <= 0:
             return None
-        window = await self._store.hit_window(f"rl:{subject}", self.per_minute, WINDOW_SECONDS, now)
-        reset = max(1, math.ceil(window.reset_at - now))
-        state = RateState(self.per_minute, max(0, self.per_minute - window.count), reset)
-        if window.count > self.per_minute:
-            raise RateLimited(
-                details={
-                    "limit": self.per_minute,
-                    "windowSeconds": WINDOW_SECONDS,
-                    "retryAfterSeconds": reset,
-                },
-                headers={"Retry-After": str(reset), **state.headers()},
-                extra={"retryAfterSeconds": reset},
-            )
-        return state
+        counted = await self._store.hit_window(subject, WINDOW_SECONDS, now)
+        if counted.count > self.per_minute:
+            raise self.refusal(counted, now)
+        return self.state(counted, now)

@@ -10,7 +10,8 @@ neither kind is accepted where the other is required.
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ TRANSCRIBE_SCOPE = "ttt:transcribe"
 VEND_KID = "vend"
 VEND_ISSUER = "pluct-engine"
 VEND_AUDIENCE = "pluct-engine:ttt"
+VERIFIED_CACHE_SIZE = 50_000
 _SUBJECT = re.compile(r"^[A-Za-z0-9._:@|+-]{1,128}$")
 
 
@@ -71,6 +73,7 @@ class TokenAuthority:
         self._audience = settings.jwt_audience
         self._vend_ttl = settings.vend_token_ttl_seconds
         self._jwt = jwt.PyJWT()
+        self._verified: dict[str, tuple[UserPrincipal, float]] = {}
 
     # -- minting -------------------------------------------------------------------------
     def mint_user(self, user_id: str, scopes: str, ttl_seconds: int, now: float) -> str:
@@ -87,7 +90,7 @@ class TokenAuthority:
 
     def mint_vended(self, user_id: str, now: float) -> MintedToken:
         issued = int(now)
-        jti = uuid.uuid4().hex
+        jti = secrets.token_hex(16)
         expires_at = issued + self._vend_ttl
         claims = {
             "iss": VEND_ISSUER,
@@ -123,7 +126,19 @@ class TokenAuthority:
         """A user token: `sub` and `exp` required, `aud` absent or the app's, any `iat`.
 
         The real app sends `aud` and, in old builds, an `iat` hours in the future; both pass.
+        A client sends the same token for many calls, so a verified token is remembered (by
+        its exact bytes, signature included) until its own expiry.
         """
+        cached = self._verified.get(token)
+        if cached is not None and time.time() < cached[1] + self._leeway:
+            return cached[0]
+        principal, expires = self._verify_user(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _verify_user(self, token: str) -> tuple[UserPrincipal, float]:
         claims = self._decode(
             token,
             self._user_key,
@@ -138,7 +153,8 @@ class TokenAuthority:
             raise Unauthorized("Token audience is not this engine", code="invalid_token")
         if claims.get("token_use") == "vended":
             raise Unauthorized("A vended token is not a user token", code="invalid_token")
-        return UserPrincipal(_subject(claims), _scopes(claims.get("scope")))
+        principal = UserPrincipal(_subject(claims), _scopes(claims.get("scope")))
+        return principal, float(claims["exp"])
 
     def verify_vended(self, token: str) -> VendedPrincipal:
         claims = self._decode(

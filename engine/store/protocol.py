@@ -12,7 +12,6 @@ from typing import Protocol
 from engine.store.records import (
     AuditEntry,
     BalanceView,
-    Context,
     GrantOrder,
     GrantOutcome,
     LedgerSnapshot,
@@ -42,21 +41,18 @@ class Store(Protocol):
 
     # -- credits -------------------------------------------------------------------------
     async def spend(self, order: VendOrder) -> SpendOutcome:
-        """Spend one credit, record the audit entry and the idempotency key in one step.
+        """One vend attempt in one atomic step: count it against the rate window, then spend
+        one credit with its audit entry and idempotency record.
 
-        A replayed key returns the original receipt and charges nothing; a key reused with a
-        different fingerprint is a key_conflict; a zero balance records one refusal entry.
+        Past the rate limit it records a `vend_rate_limited` entry; a replayed key returns the
+        original receipt and charges nothing; a key reused with a different fingerprint is a
+        key_conflict; a zero balance records one `vend_refused` entry.
         """
 
     async def grant(self, order: GrantOrder) -> GrantOutcome: ...
 
     async def refund(self, order: RefundOrder) -> RefundOutcome:
         """Give back the credit of one vend, at most once."""
-
-    async def record_refusal(
-        self, user_id: str, action: str, request_id: str, context: Context, now: float
-    ) -> AuditEntry:
-        """An audit entry that moves no credit (e.g. a rate-limited vend)."""
 
     async def balance(self, user_id: str) -> BalanceView: ...
 
@@ -67,9 +63,7 @@ class Store(Protocol):
         """All balances and entries at one point, for `ledger verify`."""
 
     # -- request bookkeeping -------------------------------------------------------------
-    async def hit_window(
-        self, key: str, limit: int, window_seconds: int, now: float
-    ) -> WindowCount:
+    async def hit_window(self, subject: str, window_seconds: int, now: float) -> WindowCount:
         """Count one request in the fixed window containing `now`."""
 
     async def remember(

@@ -53,6 +53,14 @@ class AuditEntry(msgspec.Struct, frozen=True, rename="camel"):
     reason: str = ""
 
 
+class RateWindow(msgspec.Struct, frozen=True):
+    """Count this request against `subject`'s fixed window of `window_seconds`."""
+
+    subject: str
+    limit: int
+    window_seconds: int
+
+
 class VendOrder(msgspec.Struct, frozen=True):
     user_id: str
     request_id: str
@@ -62,6 +70,7 @@ class VendOrder(msgspec.Struct, frozen=True):
     idempotency: IdempotencyKey | None
     context: Context
     now: float
+    rate: RateWindow | None = None
 
 
 class VendReceipt(msgspec.Struct, frozen=True):
@@ -73,12 +82,20 @@ class VendReceipt(msgspec.Struct, frozen=True):
     at: str
 
 
+class WindowCount(msgspec.Struct, frozen=True):
+    """Requests counted in the current fixed window, and when it resets (epoch seconds)."""
+
+    count: int
+    reset_at: float
+
+
 class SpendOutcome(msgspec.Struct, frozen=True):
-    """`status` is one of charged, replayed, insufficient, key_conflict."""
+    """`status` is one of charged, replayed, insufficient, key_conflict, rate_limited."""
 
     status: str
     balance: int
     receipt: VendReceipt | None = None
+    window: WindowCount | None = None
 
 
 class GrantOrder(msgspec.Struct, frozen=True):
@@ -125,13 +142,6 @@ class RefundOutcome(msgspec.Struct, frozen=True):
 class BalanceView(msgspec.Struct, frozen=True):
     balance: int
     updated_at: str | None
-
-
-class WindowCount(msgspec.Struct, frozen=True):
-    """Requests counted in the current fixed window, and when it resets (epoch seconds)."""
-
-    count: int
-    reset_at: float
 
 
 class StoredResponse(msgspec.Struct, frozen=True):

@@ -8,7 +8,7 @@ server; nothing is read into Python and written back.  Key layout (see the READM
     {u:<user>}:vends        hash  vend requestId -> vended | refunded
     {u:<user>}:idem:<scope>:<key>  hash  fingerprint + stored receipt, expires with retention
     resp:<scope>:<key>      hash  remembered response (fingerprint, status, body)
-    rl:<subject>:<window>   int   requests in a fixed window
+    {u:<subject>}:rl:<window>  int  requests in a fixed window
     claim:<name>            str   owner of a claim (e.g. a vended token's jti)
     cache:<key>             str   cached value
 
@@ -33,7 +33,6 @@ from engine.store.protocol import StoreUnavailable
 from engine.store.records import (
     AuditEntry,
     BalanceView,
-    Context,
     GrantOrder,
     GrantOutcome,
     GrantReceipt,
@@ -68,6 +67,11 @@ def _idem_key(user_id: str, key: IdempotencyKey | None) -> str:
     return f"{_user(user_id)}:idem:{key.scope}:{key.key}"
 
 
+def _window_key(subject: str, start: float) -> str:
+    """In the subject's slot, so a vend can count itself inside its spend script."""
+    return f"{_user(subject)}:rl:{int(start)}"
+
+
 def _ms(epoch_seconds: float) -> int:
     return int(epoch_seconds * 1000)
 
@@ -95,7 +99,6 @@ class RedisStore:
         self._spend = self._redis.register_script(lua.SPEND)
         self._grant = self._redis.register_script(lua.GRANT)
         self._refund = self._redis.register_script(lua.REFUND)
-        self._refusal = self._redis.register_script(lua.REFUSAL)
         self._user_snapshot = self._redis.register_script(lua.USER_SNAPSHOT)
         self._hit = self._redis.register_script(lua.HIT_WINDOW)
         self._remember = self._redis.register_script(lua.REMEMBER)
@@ -136,14 +139,18 @@ class RedisStore:
 
     # -- credits -------------------------------------------------------------------------
     async def spend(self, order: VendOrder) -> SpendOutcome:
-        user, idem = _user(order.user_id), order.idempotency
-        status, payload = await self._do(
+        user, idem, rate = _user(order.user_id), order.idempotency, order.rate
+        start = order.now - order.now % rate.window_seconds if rate else 0.0
+        reset_at = start + rate.window_seconds if rate else 0.0
+        window_key = _window_key(rate.subject, start) if rate else user + ":rl:-"
+        status, payload, counted = await self._do(
             lambda: self._spend(
                 keys=[
                     user + ":bal",
                     user + ":ledger",
                     user + ":vends",
                     _idem_key(order.user_id, idem),
+                    window_key,
                 ],
                 args=[
                     order.user_id,
@@ -157,14 +164,17 @@ class RedisStore:
                     "1" if idem else "0",
                     idem.fingerprint if idem else "",
                     _ms(idem.expires_at) if idem else 0,
+                    rate.limit if rate else 0,
+                    _ms(reset_at),
                 ],
             )
         )
         status = _text(status)
+        window = WindowCount(int(counted), reset_at) if rate else None
         if status in ("charged", "replayed"):
             receipt = _vend_receipt.decode(payload)
-            return SpendOutcome(status, receipt.balance_after, receipt)
-        return SpendOutcome(status, int(payload))
+            return SpendOutcome(status, receipt.balance_after, receipt, window)
+        return SpendOutcome(status, int(payload), window=window)
 
     async def grant(self, order: GrantOrder) -> GrantOutcome:
         user, idem = _user(order.user_id), order.idempotency
@@ -208,18 +218,6 @@ class RedisStore:
         status = _text(status)
         return RefundOutcome(status, _entry.decode(payload) if status == "refunded" else None)
 
-    async def record_refusal(
-        self, user_id: str, action: str, request_id: str, context: Context, now: float
-    ) -> AuditEntry:
-        user = _user(user_id)
-        raw = await self._do(
-            lambda: self._refusal(
-                keys=[user + ":bal", user + ":ledger"],
-                args=[user_id, action, request_id, context.ip, context.user_agent, iso(now)],
-            )
-        )
-        return _entry.decode(raw)
-
     async def balance(self, user_id: str) -> BalanceView:
         values = await self._do(
             lambda: self._redis.hmget(_user(user_id) + ":bal", ["balance", "updated_at"])
@@ -253,13 +251,11 @@ class RedisStore:
         return LedgerSnapshot(balances, entries)
 
     # -- request bookkeeping -------------------------------------------------------------
-    async def hit_window(
-        self, key: str, limit: int, window_seconds: int, now: float
-    ) -> WindowCount:
+    async def hit_window(self, subject: str, window_seconds: int, now: float) -> WindowCount:
         start = now - now % window_seconds
         reset_at = start + window_seconds
         count = await self._do(
-            lambda: self._hit(keys=[f"rl:{key}:{int(start)}"], args=[_ms(reset_at)])
+            lambda: self._hit(keys=[_window_key(subject, start)], args=[_ms(reset_at)])
         )
         return WindowCount(int(count), reset_at)
 

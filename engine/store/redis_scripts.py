@@ -22,22 +22,33 @@ local function balance()
 end
 """
 
-# KEYS: balance, ledger, vends, idempotency.  ARGV: user, request_id, token, expires_at,
-# client_request_id, ip, ua, at, use_idem, fingerprint, idem_expires_at_ms.
+# KEYS: balance, ledger, vends, idempotency, rate window.  ARGV: user, request_id, token,
+# expires_at, client_request_id, ip, ua, at, use_idem, fingerprint, idem_expires_at_ms,
+# rate_limit (0 = off), window_reset_at_ms.  Returns {status, payload, window count}.
 SPEND = (
     _APPEND
     + """
+local window = 0
+if tonumber(ARGV[12]) > 0 then
+  window = redis.call('INCR', KEYS[5])
+  if window == 1 then redis.call('PEXPIREAT', KEYS[5], ARGV[13]) end
+  if window > tonumber(ARGV[12]) then
+    append('vend_rate_limited', 0, balance(), ARGV[2], ARGV[6], ARGV[7], ARGV[8],
+           'rate_limit_exceeded')
+    return {'rate_limited', tostring(balance()), window}
+  end
+end
 if ARGV[9] == '1' then
   local stored = redis.call('HMGET', KEYS[4], 'fp', 'body')
   if stored[1] then
-    if stored[1] ~= ARGV[10] then return {'key_conflict', tostring(balance())} end
-    return {'replayed', stored[2]}
+    if stored[1] ~= ARGV[10] then return {'key_conflict', tostring(balance()), window} end
+    return {'replayed', stored[2], window}
   end
 end
 local current = balance()
 if current <= 0 then
   append('vend_refused', 0, current, ARGV[2], ARGV[6], ARGV[7], ARGV[8], 'insufficient_credits')
-  return {'insufficient', tostring(current)}
+  return {'insufficient', tostring(current), window}
 end
 local after = redis.call('HINCRBY', KEYS[1], 'balance', -1)
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[8])
@@ -52,7 +63,7 @@ if ARGV[9] == '1' then
   redis.call('HSET', KEYS[4], 'fp', ARGV[10], 'body', receipt)
   redis.call('PEXPIREAT', KEYS[4], ARGV[11])
 end
-return {'charged', receipt}
+return {'charged', receipt, window}
 """
 )
 
@@ -93,14 +104,6 @@ redis.call('HSET', KEYS[3], ARGV[2], 'refunded')
 local after = redis.call('HINCRBY', KEYS[1], 'balance', 1)
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
 return {'refunded', append('refund', 1, after, ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[3])}
-"""
-)
-
-# KEYS: balance, ledger.  ARGV: user, action, request_id, ip, ua, at.
-REFUSAL = (
-    _APPEND
-    + """
-return append(ARGV[2], 0, balance(), ARGV[3], ARGV[4], ARGV[5], ARGV[6], '')
 """
 )
 

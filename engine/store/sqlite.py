@@ -1,22 +1,24 @@
 """SQLite backend: the embedded default, one file, no set-up.
 
-Every write is one `BEGIN IMMEDIATE` transaction run on a single writer thread that owns its
-connection; other processes sharing the file wait on SQLite's own lock (`busy_timeout`).  WAL
-with `synchronous=NORMAL` means a committed transaction survives a crash of the engine
-process (not a power cut of the machine: for that, `synchronous=FULL`).
+Writes go through `GroupCommitter`: the write operations of one event-loop turn share one
+`BEGIN IMMEDIATE` transaction, each in its own savepoint, and nobody is answered before the
+COMMIT.  Other processes sharing the file wait on SQLite's own lock.  WAL with
+`synchronous=NORMAL` means a committed transaction survives a crash of the engine process
+(not a power cut of the machine: for that, `synchronous=FULL`).  Reads run inline; WAL
+readers do not wait for writers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import msgspec
 
@@ -39,9 +41,12 @@ from engine.store.records import (
     VendReceipt,
     WindowCount,
 )
+from engine.store.sqlite_batch import GroupCommitter
 from engine.timeutil import iso
 
 T = TypeVar("T")
+CHECKPOINT_INTERVAL_SECONDS = 1.0
+Connection = sqlite3.Connection
 
 _ENTRY_COLUMNS = "id, user_id, action, delta, balance_after, request_id, ip, user_agent, at, reason"
 _vend_receipt = msgspec.json.Decoder(VendReceipt)
@@ -53,20 +58,8 @@ def _entry(row: tuple[object, ...]) -> AuditEntry:
     return AuditEntry(*row)  # type: ignore[arg-type]
 
 
-@contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction: the lock is taken up front so it can never fail half-way."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 def _append(
-    conn: sqlite3.Connection,
+    conn: Connection,
     user_id: str,
     action: str,
     delta: int,
@@ -94,29 +87,158 @@ def _append(
     return _entry(row)
 
 
-def _current_balance(conn: sqlite3.Connection, user_id: str) -> int:
+def _current_balance(conn: Connection, user_id: str) -> int:
     row = conn.execute("SELECT balance FROM accounts WHERE user_id = ?", (user_id,)).fetchone()
     return int(row[0]) if row else 0
 
 
-def _live_response(
-    conn: sqlite3.Connection, key: IdempotencyKey, now: float
-) -> tuple[str, bytes] | None:
-    row = conn.execute(
-        "SELECT fingerprint, body FROM responses WHERE scope = ? AND key = ? AND expires_at > ?",
-        (key.scope, key.key, now),
+def _count(conn: Connection, subject: str, window_seconds: int, now: float) -> WindowCount:
+    start = now - now % window_seconds
+    reset_at = start + window_seconds
+    (count,) = conn.execute(
+        "INSERT INTO windows (key, count, expires_at) VALUES (?, 1, ?)"
+        " ON CONFLICT (key) DO UPDATE SET count = count + 1 RETURNING count",
+        (f"rl:{subject}@{int(start)}", reset_at),
     ).fetchone()
-    return (row[0], row[1]) if row else None
+    return WindowCount(int(count), reset_at)
 
 
-def _store_response(
-    conn: sqlite3.Connection, key: IdempotencyKey, status: int, body: bytes
-) -> None:
+def _stored(conn: Connection, scope: str, key: str, now: float) -> StoredResponse | None:
+    row = conn.execute(
+        "SELECT fingerprint, status_code, body FROM responses"
+        " WHERE scope = ? AND key = ? AND expires_at > ?",
+        (scope, key, now),
+    ).fetchone()
+    return StoredResponse(row[0], int(row[1]), bytes(row[2])) if row else None
+
+
+def _store(conn: Connection, key: IdempotencyKey, status: int, body: bytes) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO responses (scope, key, fingerprint, status_code, body, expires_at)"
         " VALUES (?,?,?,?,?,?)",
         (key.scope, key.key, key.fingerprint, status, body, key.expires_at),
     )
+
+
+def _spend(conn: Connection, order: VendOrder) -> SpendOutcome:
+    at = iso(order.now)
+    window = None
+    if order.rate is not None:
+        window = _count(conn, order.rate.subject, order.rate.window_seconds, order.now)
+        if window.count > order.rate.limit:
+            balance = _current_balance(conn, order.user_id)
+            _append(
+                conn,
+                order.user_id,
+                Action.VEND_RATE_LIMITED,
+                0,
+                balance,
+                order.request_id,
+                order.context,
+                at,
+                "rate_limit_exceeded",
+            )
+            return SpendOutcome("rate_limited", balance, window=window)
+    key = order.idempotency
+    if key is not None:
+        stored = _stored(conn, key.scope, key.key, order.now)
+        if stored is not None:
+            if stored.fingerprint != key.fingerprint:
+                return SpendOutcome("key_conflict", _current_balance(conn, order.user_id))
+            receipt = _vend_receipt.decode(stored.body)
+            return SpendOutcome("replayed", receipt.balance_after, receipt, window)
+    row = conn.execute(
+        "UPDATE accounts SET balance = balance - 1, updated_at = ?"
+        " WHERE user_id = ? AND balance > 0 RETURNING balance",
+        (at, order.user_id),
+    ).fetchone()
+    if row is None:
+        balance = _current_balance(conn, order.user_id)
+        _append(
+            conn,
+            order.user_id,
+            Action.VEND_REFUSED,
+            0,
+            balance,
+            order.request_id,
+            order.context,
+            at,
+            "insufficient_credits",
+        )
+        return SpendOutcome("insufficient", balance, window=window)
+    balance = int(row[0])
+    _append(conn, order.user_id, Action.VEND, -1, balance, order.request_id, order.context, at)
+    receipt = VendReceipt(
+        order.request_id, order.token, order.expires_at, balance, order.client_request_id, at
+    )
+    if key is not None:
+        _store(conn, key, 200, _encode(receipt))
+    return SpendOutcome("charged", balance, receipt, window)
+
+
+def _grant(conn: Connection, order: GrantOrder) -> GrantOutcome:
+    at = iso(order.now)
+    key = order.idempotency
+    if key is not None:
+        stored = _stored(conn, key.scope, key.key, order.now)
+        if stored is not None:
+            if stored.fingerprint != key.fingerprint:
+                return GrantOutcome("key_conflict")
+            return GrantOutcome("replayed", _grant_receipt.decode(stored.body))
+    (balance,) = conn.execute(
+        "INSERT INTO accounts (user_id, balance, updated_at) VALUES (?,?,?)"
+        " ON CONFLICT (user_id) DO UPDATE SET balance = balance + excluded.balance,"
+        " updated_at = excluded.updated_at RETURNING balance",
+        (order.user_id, order.amount, at),
+    ).fetchone()
+    _append(
+        conn,
+        order.user_id,
+        Action.GRANT,
+        order.amount,
+        balance,
+        order.request_id,
+        order.context,
+        at,
+        order.reason,
+    )
+    receipt = GrantReceipt(order.user_id, order.amount, balance, order.request_id, order.reason, at)
+    if key is not None:
+        _store(conn, key, 200, _encode(receipt))
+    return GrantOutcome("granted", receipt)
+
+
+def _refund(conn: Connection, order: RefundOrder) -> RefundOutcome:
+    actions = {
+        action
+        for (action,) in conn.execute(
+            "SELECT action FROM ledger WHERE user_id = ? AND request_id = ?"
+            " AND action IN ('vend', 'refund')",
+            (order.user_id, order.vend_request_id),
+        )
+    }
+    if Action.VEND not in actions:
+        return RefundOutcome("not_found")
+    if Action.REFUND in actions:
+        return RefundOutcome("already_refunded")
+    at = iso(order.now)
+    (balance,) = conn.execute(
+        "UPDATE accounts SET balance = balance + 1, updated_at = ? WHERE user_id = ?"
+        " RETURNING balance",
+        (at, order.user_id),
+    ).fetchone()
+    entry = _append(
+        conn,
+        order.user_id,
+        Action.REFUND,
+        1,
+        balance,
+        order.vend_request_id,
+        order.context,
+        at,
+        order.reason,
+    )
+    return RefundOutcome("refunded", entry)
 
 
 class SQLiteStore:
@@ -129,52 +251,89 @@ class SQLiteStore:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[Connection] = []
         self._connections_lock = threading.Lock()
+        self._inline: Connection | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._batch = GroupCommitter(self._inline_connection, self._thread_connection, self._writer)
 
     # -- plumbing ------------------------------------------------------------------------
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
+    def _connect(self, busy_timeout_ms: int) -> Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        # Checkpoints run on a thread (`_checkpoint_forever`), never inside a commit on the loop.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        with self._connections_lock:
+            self._connections.append(conn)
         return conn
 
-    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            try:
-                return fn(self._connection())
-            except sqlite3.OperationalError as exc:
-                # Locked past busy_timeout, disk full, file gone: the transaction rolled back.
+    def _inline_connection(self) -> Connection:
+        """The event loop's connection: it never waits for a lock (busy_timeout 0)."""
+        if self._inline is None:
+            self._inline = self._connect(busy_timeout_ms=0)
+        return self._inline
+
+    def _thread_connection(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect(busy_timeout_ms=30_000)
+        return conn
+
+    async def _write(self, operation: Callable[[Connection], T]) -> T:
+        return cast(T, await self._batch.submit(operation))
+
+    async def _read(self, query: Callable[[Connection], T]) -> T:
+        """Inline; a WAL reader waits only in rare recovery cases, and then on a thread."""
+        try:
+            return query(self._inline_connection())
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                 raise StoreUnavailable(f"sqlite: {exc}") from exc
 
-        return await asyncio.get_running_loop().run_in_executor(pool, call)
+        def in_thread() -> T:
+            try:
+                return query(self._thread_connection())
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"sqlite: {exc}") from exc
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._run(self._writer, fn)
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._run(self._readers, fn)
+        return await asyncio.get_running_loop().run_in_executor(self._readers, in_thread)
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         schema = resources.files("engine.store").joinpath("sqlite_schema.sql").read_text()
-        await self._write(lambda conn: conn.executescript(schema))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._writer, lambda: self._thread_connection().executescript(schema)
+        )
+        self._checkpointer = loop.create_task(self._checkpoint_forever())
+
+    async def _checkpoint_forever(self) -> None:
+        """Fold the WAL back into the database every second, off the event loop (PASSIVE:
+        it never blocks a writer, and a busy round is simply retried next time)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS)
+            with contextlib.suppress(sqlite3.Error):
+                await loop.run_in_executor(
+                    self._readers,
+                    lambda: self._thread_connection().execute("PRAGMA wal_checkpoint(PASSIVE)"),
+                )
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         with self._connections_lock:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+        self._inline = None
 
     async def ping(self) -> bool:
         try:
@@ -185,146 +344,16 @@ class SQLiteStore:
 
     # -- credits -------------------------------------------------------------------------
     async def spend(self, order: VendOrder) -> SpendOutcome:
-        def tx(conn: sqlite3.Connection) -> SpendOutcome:
-            at = iso(order.now)
-            with _immediate(conn):
-                if order.idempotency is not None:
-                    stored = _live_response(conn, order.idempotency, order.now)
-                    if stored is not None:
-                        if stored[0] != order.idempotency.fingerprint:
-                            return SpendOutcome(
-                                "key_conflict", _current_balance(conn, order.user_id)
-                            )
-                        receipt = _vend_receipt.decode(stored[1])
-                        return SpendOutcome("replayed", receipt.balance_after, receipt)
-                row = conn.execute(
-                    "UPDATE accounts SET balance = balance - 1, updated_at = ?"
-                    " WHERE user_id = ? AND balance > 0 RETURNING balance",
-                    (at, order.user_id),
-                ).fetchone()
-                if row is None:
-                    balance = _current_balance(conn, order.user_id)
-                    _append(
-                        conn,
-                        order.user_id,
-                        Action.VEND_REFUSED,
-                        0,
-                        balance,
-                        order.request_id,
-                        order.context,
-                        at,
-                        "insufficient_credits",
-                    )
-                    return SpendOutcome("insufficient", balance)
-                balance = int(row[0])
-                _append(
-                    conn,
-                    order.user_id,
-                    Action.VEND,
-                    -1,
-                    balance,
-                    order.request_id,
-                    order.context,
-                    at,
-                )
-                receipt = VendReceipt(
-                    order.request_id,
-                    order.token,
-                    order.expires_at,
-                    balance,
-                    order.client_request_id,
-                    at,
-                )
-                if order.idempotency is not None:
-                    _store_response(conn, order.idempotency, 200, _encode(receipt))
-                return SpendOutcome("charged", balance, receipt)
-
-        return await self._write(tx)
+        return await self._write(lambda conn: _spend(conn, order))
 
     async def grant(self, order: GrantOrder) -> GrantOutcome:
-        def tx(conn: sqlite3.Connection) -> GrantOutcome:
-            at = iso(order.now)
-            with _immediate(conn):
-                if order.idempotency is not None:
-                    stored = _live_response(conn, order.idempotency, order.now)
-                    if stored is not None:
-                        if stored[0] != order.idempotency.fingerprint:
-                            return GrantOutcome("key_conflict")
-                        return GrantOutcome("replayed", _grant_receipt.decode(stored[1]))
-                (balance,) = conn.execute(
-                    "INSERT INTO accounts (user_id, balance, updated_at) VALUES (?,?,?)"
-                    " ON CONFLICT (user_id) DO UPDATE SET balance = balance + excluded.balance,"
-                    " updated_at = excluded.updated_at RETURNING balance",
-                    (order.user_id, order.amount, at),
-                ).fetchone()
-                _append(
-                    conn,
-                    order.user_id,
-                    Action.GRANT,
-                    order.amount,
-                    balance,
-                    order.request_id,
-                    order.context,
-                    at,
-                    order.reason,
-                )
-                receipt = GrantReceipt(
-                    order.user_id, order.amount, balance, order.request_id, order.reason, at
-                )
-                if order.idempotency is not None:
-                    _store_response(conn, order.idempotency, 200, _encode(receipt))
-                return GrantOutcome("granted", receipt)
-
-        return await self._write(tx)
+        return await self._write(lambda conn: _grant(conn, order))
 
     async def refund(self, order: RefundOrder) -> RefundOutcome:
-        def tx(conn: sqlite3.Connection) -> RefundOutcome:
-            at = iso(order.now)
-            with _immediate(conn):
-                actions = {
-                    action
-                    for (action,) in conn.execute(
-                        "SELECT action FROM ledger WHERE user_id = ? AND request_id = ?"
-                        " AND action IN ('vend', 'refund')",
-                        (order.user_id, order.vend_request_id),
-                    )
-                }
-                if Action.VEND not in actions:
-                    return RefundOutcome("not_found")
-                if Action.REFUND in actions:
-                    return RefundOutcome("already_refunded")
-                (balance,) = conn.execute(
-                    "UPDATE accounts SET balance = balance + 1, updated_at = ? WHERE user_id = ?"
-                    " RETURNING balance",
-                    (at, order.user_id),
-                ).fetchone()
-                entry = _append(
-                    conn,
-                    order.user_id,
-                    Action.REFUND,
-                    1,
-                    balance,
-                    order.vend_request_id,
-                    order.context,
-                    at,
-                    order.reason,
-                )
-                return RefundOutcome("refunded", entry)
-
-        return await self._write(tx)
-
-    async def record_refusal(
-        self, user_id: str, action: str, request_id: str, context: Context, now: float
-    ) -> AuditEntry:
-        def tx(conn: sqlite3.Connection) -> AuditEntry:
-            with _immediate(conn):
-                balance = _current_balance(conn, user_id)
-                return _append(conn, user_id, action, 0, balance, request_id, context, iso(now))
-
-        return await self._write(tx)
+        return await self._write(lambda conn: _refund(conn, order))
 
     async def balance(self, user_id: str) -> BalanceView:
-        def read(conn: sqlite3.Connection) -> BalanceView:
+        def read(conn: Connection) -> BalanceView:
             row = conn.execute(
                 "SELECT balance, updated_at FROM accounts WHERE user_id = ?", (user_id,)
             ).fetchone()
@@ -333,7 +362,7 @@ class SQLiteStore:
         return await self._read(read)
 
     async def audit(self, user_id: str, limit: int, after_id: int) -> list[AuditEntry]:
-        def read(conn: sqlite3.Connection) -> list[AuditEntry]:
+        def read(conn: Connection) -> list[AuditEntry]:
             rows = conn.execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM ledger WHERE user_id = ? AND id > ?"
                 " ORDER BY id LIMIT ?",
@@ -344,16 +373,13 @@ class SQLiteStore:
         return await self._read(read)
 
     async def snapshot(self) -> LedgerSnapshot:
-        def read(conn: sqlite3.Connection) -> LedgerSnapshot:
+        def read(conn: Connection) -> LedgerSnapshot:
             conn.execute("BEGIN")
             try:
-                balances = {
-                    u: int(b) for u, b in conn.execute("SELECT user_id, balance FROM accounts")
-                }
-                entries = [
-                    _entry(row)
-                    for row in conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM ledger ORDER BY id")
-                ]
+                accounts = conn.execute("SELECT user_id, balance FROM accounts")
+                balances = {user: int(balance) for user, balance in accounts}
+                rows = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM ledger ORDER BY id")
+                entries = [_entry(row) for row in rows]
             finally:
                 conn.execute("COMMIT")
             return LedgerSnapshot(balances, entries)
@@ -361,66 +387,39 @@ class SQLiteStore:
         return await self._read(read)
 
     # -- request bookkeeping -------------------------------------------------------------
-    async def hit_window(
-        self, key: str, limit: int, window_seconds: int, now: float
-    ) -> WindowCount:
-        start = now - now % window_seconds
-        reset_at = start + window_seconds
-
-        def tx(conn: sqlite3.Connection) -> WindowCount:
-            (count,) = conn.execute(
-                "INSERT INTO windows (key, count, expires_at) VALUES (?, 1, ?)"
-                " ON CONFLICT (key) DO UPDATE SET count = count + 1 RETURNING count",
-                (f"{key}@{int(start)}", reset_at),
-            ).fetchone()
-            return WindowCount(int(count), reset_at)
-
-        return await self._write(tx)
+    async def hit_window(self, subject: str, window_seconds: int, now: float) -> WindowCount:
+        return await self._write(lambda conn: _count(conn, subject, window_seconds, now))
 
     async def remember(
         self, scope: str, key: str, response: StoredResponse, ttl_seconds: float, now: float
     ) -> StoredResponse:
-        def tx(conn: sqlite3.Connection) -> StoredResponse:
-            with _immediate(conn):
-                row = conn.execute(
-                    "SELECT fingerprint, status_code, body FROM responses"
-                    " WHERE scope = ? AND key = ? AND expires_at > ?",
-                    (scope, key, now),
-                ).fetchone()
-                if row is not None:
-                    return StoredResponse(row[0], int(row[1]), bytes(row[2]))
-                slot = IdempotencyKey(scope, key, response.fingerprint, now + ttl_seconds)
-                _store_response(conn, slot, response.status_code, response.body)
-                return response
+        def write(conn: Connection) -> StoredResponse:
+            stored = _stored(conn, scope, key, now)
+            if stored is not None:
+                return stored
+            slot = IdempotencyKey(scope, key, response.fingerprint, now + ttl_seconds)
+            _store(conn, slot, response.status_code, response.body)
+            return response
 
-        return await self._write(tx)
+        return await self._write(write)
 
     async def recall(self, scope: str, key: str, now: float) -> StoredResponse | None:
-        def read(conn: sqlite3.Connection) -> StoredResponse | None:
-            row = conn.execute(
-                "SELECT fingerprint, status_code, body FROM responses"
-                " WHERE scope = ? AND key = ? AND expires_at > ?",
-                (scope, key, now),
-            ).fetchone()
-            return StoredResponse(row[0], int(row[1]), bytes(row[2])) if row else None
-
-        return await self._read(read)
+        return await self._read(lambda conn: _stored(conn, scope, key, now))
 
     async def claim(self, name: str, owner: str, ttl_seconds: float, now: float) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
-            with _immediate(conn):
-                held = conn.execute(
-                    "SELECT 1 FROM claims WHERE name = ? AND expires_at > ?", (name, now)
-                ).fetchone()
-                if held:
-                    return False
-                conn.execute(
-                    "INSERT OR REPLACE INTO claims (name, owner, expires_at) VALUES (?,?,?)",
-                    (name, owner, now + ttl_seconds),
-                )
-                return True
+        def write(conn: Connection) -> bool:
+            held = conn.execute(
+                "SELECT 1 FROM claims WHERE name = ? AND expires_at > ?", (name, now)
+            ).fetchone()
+            if held:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO claims (name, owner, expires_at) VALUES (?,?,?)",
+                (name, owner, now + ttl_seconds),
+            )
+            return True
 
-        return await self._write(tx)
+        return await self._write(write)
 
     async def release(self, name: str, owner: str) -> None:
         await self._write(
@@ -430,7 +429,7 @@ class SQLiteStore:
         )
 
     async def cache_get(self, key: str, now: float) -> bytes | None:
-        def read(conn: sqlite3.Connection) -> bytes | None:
+        def read(conn: Connection) -> bytes | None:
             row = conn.execute(
                 "SELECT value FROM cache WHERE key = ? AND expires_at > ?", (key, now)
             ).fetchone()
@@ -447,14 +446,10 @@ class SQLiteStore:
         )
 
     async def purge_expired(self, now: float) -> int:
-        def tx(conn: sqlite3.Connection) -> int:
-            removed = 0
-            with _immediate(conn):
-                for table in ("responses", "windows", "claims", "cache"):
-                    removed += conn.execute(
-                        f"DELETE FROM {table} WHERE expires_at <= ?",
-                        (now,),
-                    ).rowcount
-            return removed
+        def write(conn: Connection) -> int:
+            return sum(
+                conn.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,)).rowcount
+                for table in ("responses", "windows", "claims", "cache")
+            )
 
-        return await self._write(tx)
+        return await self._write(write)

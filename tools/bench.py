@@ -1,0 +1,194 @@
+"""Benchmark the engine with wrk: throughput and latency against the machine's own ceiling.
+
+For each store (SQLite, Redis) and worker count (1, 2) a real engine is started and driven on
+loopback for a fixed time per scenario:
+
+  ceiling      GET /health/services  the same server doing no store work
+  health       GET /health           one store ping
+  balance      GET /v1/credits/balance, a different user per request
+  vend         POST /v1/vend-token, ample credits, own user and idempotency key per request
+  vend-hot     POST /v1/vend-token, many connections, one user, a balance that runs out
+
+The rate limit stays on (set very high), so its store round trip is measured too.  After each
+vend scenario `ledger verify` must pass: a fast wrong answer is no result.  Results go to
+bench-results/bench.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from engine.local import LocalEngine, RedisServer
+
+USERS = 2000
+HOT_BALANCE = 2000
+EXPECTED_REFUSALS = {"402", "429"}
+
+LUA = """
+local tokens = {%(tokens)s}
+local path, method, keyed = "%(path)s", "%(method)s", %(keyed)s
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("id", #threads)
+end
+function init(args)
+  statuses = {}
+  n = 0
+end
+function request()
+  n = n + 1
+  local token = tokens[((id * 7919 + n) %% #tokens) + 1]
+  local headers = {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}
+  local body = nil
+  if keyed then body = '{"clientRequestId":"bench-' .. id .. '-' .. n .. '"}' end
+  return wrk.format(method, path, headers, body)
+end
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+function done(summary, latency, requests)
+  local totals = {}
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses")) do
+      totals[status] = (totals[status] or 0) + count
+    end
+  end
+  local parts = {}
+  for status, count in pairs(totals) do table.insert(parts, '"' .. status .. '":' .. count) end
+  io.write("STATUSES {" .. table.concat(parts, ",") .. "}\\n")
+  io.write(string.format("LATENCY %%d %%d %%d\\n", latency:percentile(50), latency:percentile(99), summary.requests))
+end
+"""
+
+
+@dataclass
+class Result:
+    store: str
+    workers: int
+    scenario: str
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    statuses: dict[str, int]
+    ratio_to_ceiling: float = 0.0
+    ledger_clean: bool | None = None
+
+    @property
+    def unexpected(self) -> int:
+        return sum(n for s, n in self.statuses.items() if not s.startswith("2") and s not in EXPECTED_REFUSALS)
+
+
+def _lua(path: str, method: str, tokens: list[str], keyed: bool, folder: Path) -> Path:
+    script = folder / f"{method}-{path.strip('/').replace('/', '-')}-{len(tokens)}.lua"
+    quoted = ",".join(f'"{t}"' for t in tokens)
+    script.write_text(LUA % {"tokens": quoted, "path": path, "method": method, "keyed": "true" if keyed else "false"})
+    return script
+
+
+def _wrk(url: str, script: Path, args: argparse.Namespace) -> tuple[float, float, float, int, dict[str, int]]:
+    out = subprocess.run(  # noqa: S603
+        ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+         "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50_us, p99_us, total = map(int, re.search(r"LATENCY (\d+) (\d+) (\d+)", out).groups())  # type: ignore[union-attr]
+    statuses = json.loads(re.search(r"STATUSES (\{.*\})", out).group(1))  # type: ignore[union-attr]
+    return rps, p50_us / 1000, p99_us / 1000, total, {str(k): v for k, v in statuses.items()}
+
+
+def _prepare(engine: LocalEngine) -> tuple[list[str], list[str]]:
+    users = [f"bench-{i}" for i in range(USERS)]
+    with httpx.Client(base_url=engine.url, timeout=30) as client:
+        for user in users:
+            client.post("/v1/credits/add", json={"userId": user, "amount": 1_000_000},
+                        headers=engine.admin_headers).raise_for_status()
+        client.post("/v1/credits/add", json={"userId": "bench-hot", "amount": HOT_BALANCE},
+                    headers=engine.admin_headers).raise_for_status()
+    return [engine.mint_user(u, ttl=7200) for u in users], [engine.mint_user("bench-hot", ttl=7200)]
+
+
+def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) -> list[Result]:
+    redis = RedisServer().start() if store == "redis" else None
+    try:
+        with LocalEngine(store_url=redis.url if redis else None, workers=workers,
+                         rate_limit_per_minute=1_000_000_000) as engine:
+            tokens, hot = _prepare(engine)
+            scenarios = [
+                ("ceiling", "/health/services", "GET", tokens[:1], False),
+                ("health", "/health", "GET", tokens[:1], False),
+                ("balance", "/v1/credits/balance", "GET", tokens, False),
+                ("vend", "/v1/vend-token", "POST", tokens, True),
+                ("vend-hot", "/v1/vend-token", "POST", hot, False),
+            ]
+            results = []
+            for name, path, method, scenario_tokens, keyed in scenarios:
+                script = _lua(path, method, scenario_tokens, keyed, folder)
+                rps, p50, p99, total, statuses = _wrk(engine.url, script, args)
+                result = Result(store, workers, name, rps, p50, p99, total, statuses)
+                if name.startswith("vend"):
+                    result.ledger_clean = engine.ledger_verify().returncode == 0
+                results.append(result)
+                print(f"  {store}/{workers}w {name:9} {rps:9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {statuses}",
+                      flush=True)
+    finally:
+        if redis:
+            redis.close()
+    ceiling = next(r.requests_per_second for r in results if r.scenario == "ceiling")
+    for result in results:
+        result.ratio_to_ceiling = round(result.requests_per_second / ceiling, 3)
+    return results
+
+
+def table(results: list[Result]) -> str:
+    lines = ["| store | workers | scenario | req/s | p50 ms | p99 ms | vs ceiling | statuses | ledger |",
+             "|---|---|---|---:|---:|---:|---:|---|---|"]
+    for r in results:
+        ledger = "" if r.ledger_clean is None else ("clean" if r.ledger_clean else "**BROKEN**")
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r.statuses.items()))
+        lines.append(f"| {r.store} | {r.workers} | {r.scenario} | {r.requests_per_second:,.0f} | {r.p50_ms:.2f} "
+                     f"| {r.p99_ms:.2f} | {r.ratio_to_ceiling:.0%} | {statuses} | {ledger} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=8, help="seconds per scenario")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stores", default="sqlite,redis")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args()
+    args.out.mkdir(exist_ok=True)
+    results: list[Result] = []
+    started = time.time()
+    with tempfile.TemporaryDirectory() as folder:
+        for store in args.stores.split(","):
+            for workers in map(int, args.workers.split(",")):
+                results.extend(run_combo(store, workers, args, Path(folder)))
+    report = {"command": " ".join(sys.argv), "connections": args.connections, "threads": args.threads,
+              "duration_s": args.duration, "seconds": round(time.time() - started, 1),
+              "results": [{**asdict(r), "unexpected": r.unexpected} for r in results]}
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    print(table(results))
+    broken = [r for r in results if r.unexpected or r.ledger_clean is False]
+    for r in broken:
+        print(f"FAILED: {r.store}/{r.workers}w {r.scenario}: unexpected={r.unexpected} ledger={r.ledger_clean}")
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
