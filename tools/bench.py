@@ -134,6 +134,8 @@ def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) 
                 ("vend-hot", "/v1/vend-token", "POST", hot, False),
             ]
             results = []
+            warm_up = argparse.Namespace(**{**vars(args), "duration": 2})
+            _wrk(engine.url, _lua("/health/services", "GET", tokens[:1], False, folder), warm_up)
             for name, path, method, scenario_tokens, keyed in scenarios:
                 script = _lua(path, method, scenario_tokens, keyed, folder)
                 rps, p50, p99, total, statuses = _wrk(engine.url, script, args)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -54,6 +54,14 @@ _grant_receipt = msgspec.json.Decoder(GrantReceipt)
 _encode = msgspec.json.encode
 
 
+def _one(cursor: sqlite3.Cursor) -> Any:
+    """The one row of a statement, stepped to its end: a statement left half-read keeps its
+    connection on an old snapshot, and its next write would fail with SQLITE_BUSY_SNAPSHOT
+    once another process has written."""
+    rows = cursor.fetchall()
+    return rows[0] if rows else None
+
+
 def _entry(row: tuple[object, ...]) -> AuditEntry:
     return AuditEntry(*row)  # type: ignore[arg-type]
 
@@ -69,46 +77,52 @@ def _append(
     at: str,
     reason: str = "",
 ) -> AuditEntry:
-    row = conn.execute(
-        "INSERT INTO ledger (user_id, action, delta, balance_after, request_id, ip, user_agent,"
-        f" at, reason) VALUES (?,?,?,?,?,?,?,?,?) RETURNING {_ENTRY_COLUMNS}",
-        (
-            user_id,
-            action,
-            delta,
-            balance_after,
-            request_id,
-            context.ip,
-            context.user_agent,
-            at,
-            reason,
-        ),
-    ).fetchone()
+    row = _one(
+        conn.execute(
+            "INSERT INTO ledger (user_id, action, delta, balance_after, request_id, ip, user_agent,"
+            f" at, reason) VALUES (?,?,?,?,?,?,?,?,?) RETURNING {_ENTRY_COLUMNS}",
+            (
+                user_id,
+                action,
+                delta,
+                balance_after,
+                request_id,
+                context.ip,
+                context.user_agent,
+                at,
+                reason,
+            ),
+        )
+    )
     return _entry(row)
 
 
 def _current_balance(conn: Connection, user_id: str) -> int:
-    row = conn.execute("SELECT balance FROM accounts WHERE user_id = ?", (user_id,)).fetchone()
+    row = _one(conn.execute("SELECT balance FROM accounts WHERE user_id = ?", (user_id,)))
     return int(row[0]) if row else 0
 
 
 def _count(conn: Connection, subject: str, window_seconds: int, now: float) -> WindowCount:
     start = now - now % window_seconds
     reset_at = start + window_seconds
-    (count,) = conn.execute(
-        "INSERT INTO windows (key, count, expires_at) VALUES (?, 1, ?)"
-        " ON CONFLICT (key) DO UPDATE SET count = count + 1 RETURNING count",
-        (f"rl:{subject}@{int(start)}", reset_at),
-    ).fetchone()
+    (count,) = _one(
+        conn.execute(
+            "INSERT INTO windows (key, count, expires_at) VALUES (?, 1, ?)"
+            " ON CONFLICT (key) DO UPDATE SET count = count + 1 RETURNING count",
+            (f"rl:{subject}@{int(start)}", reset_at),
+        )
+    )
     return WindowCount(int(count), reset_at)
 
 
 def _stored(conn: Connection, scope: str, key: str, now: float) -> StoredResponse | None:
-    row = conn.execute(
-        "SELECT fingerprint, status_code, body FROM responses"
-        " WHERE scope = ? AND key = ? AND expires_at > ?",
-        (scope, key, now),
-    ).fetchone()
+    row = _one(
+        conn.execute(
+            "SELECT fingerprint, status_code, body FROM responses"
+            " WHERE scope = ? AND key = ? AND expires_at > ?",
+            (scope, key, now),
+        )
+    )
     return StoredResponse(row[0], int(row[1]), bytes(row[2])) if row else None
 
 
@@ -147,11 +161,13 @@ def _spend(conn: Connection, order: VendOrder) -> SpendOutcome:
                 return SpendOutcome("key_conflict", _current_balance(conn, order.user_id))
             receipt = _vend_receipt.decode(stored.body)
             return SpendOutcome("replayed", receipt.balance_after, receipt, window)
-    row = conn.execute(
-        "UPDATE accounts SET balance = balance - 1, updated_at = ?"
-        " WHERE user_id = ? AND balance > 0 RETURNING balance",
-        (at, order.user_id),
-    ).fetchone()
+    row = _one(
+        conn.execute(
+            "UPDATE accounts SET balance = balance - 1, updated_at = ?"
+            " WHERE user_id = ? AND balance > 0 RETURNING balance",
+            (at, order.user_id),
+        )
+    )
     if row is None:
         balance = _current_balance(conn, order.user_id)
         _append(
@@ -185,12 +201,14 @@ def _grant(conn: Connection, order: GrantOrder) -> GrantOutcome:
             if stored.fingerprint != key.fingerprint:
                 return GrantOutcome("key_conflict")
             return GrantOutcome("replayed", _grant_receipt.decode(stored.body))
-    (balance,) = conn.execute(
-        "INSERT INTO accounts (user_id, balance, updated_at) VALUES (?,?,?)"
-        " ON CONFLICT (user_id) DO UPDATE SET balance = balance + excluded.balance,"
-        " updated_at = excluded.updated_at RETURNING balance",
-        (order.user_id, order.amount, at),
-    ).fetchone()
+    (balance,) = _one(
+        conn.execute(
+            "INSERT INTO accounts (user_id, balance, updated_at) VALUES (?,?,?)"
+            " ON CONFLICT (user_id) DO UPDATE SET balance = balance + excluded.balance,"
+            " updated_at = excluded.updated_at RETURNING balance",
+            (order.user_id, order.amount, at),
+        )
+    )
     _append(
         conn,
         order.user_id,
@@ -222,11 +240,13 @@ def _refund(conn: Connection, order: RefundOrder) -> RefundOutcome:
     if Action.REFUND in actions:
         return RefundOutcome("already_refunded")
     at = iso(order.now)
-    (balance,) = conn.execute(
-        "UPDATE accounts SET balance = balance + 1, updated_at = ? WHERE user_id = ?"
-        " RETURNING balance",
-        (at, order.user_id),
-    ).fetchone()
+    (balance,) = _one(
+        conn.execute(
+            "UPDATE accounts SET balance = balance + 1, updated_at = ? WHERE user_id = ?"
+            " RETURNING balance",
+            (at, order.user_id),
+        )
+    )
     entry = _append(
         conn,
         order.user_id,
@@ -255,7 +275,9 @@ class SQLiteStore:
         self._connections_lock = threading.Lock()
         self._inline: Connection | None = None
         self._checkpointer: asyncio.Task[None] | None = None
-        self._batch = GroupCommitter(self._inline_connection, self._thread_connection, self._writer)
+        self._batch = GroupCommitter(
+            self._inline_connection, self._thread_connection, self._writer, f"{path}.writer-lock"
+        )
 
     # -- plumbing ------------------------------------------------------------------------
     def _connect(self, busy_timeout_ms: int) -> Connection:
@@ -318,7 +340,9 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 await loop.run_in_executor(
                     self._readers,
-                    lambda: self._thread_connection().execute("PRAGMA wal_checkpoint(PASSIVE)"),
+                    lambda: _one(
+                        self._thread_connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    ),
                 )
 
     async def close(self) -> None:
@@ -334,10 +358,11 @@ class SQLiteStore:
                 conn.close()
             self._connections.clear()
         self._inline = None
+        self._batch.close()
 
     async def ping(self) -> bool:
         try:
-            await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+            await self._read(lambda conn: _one(conn.execute("SELECT 1")))
         except StoreUnavailable:
             return False
         return True
@@ -354,9 +379,11 @@ class SQLiteStore:
 
     async def balance(self, user_id: str) -> BalanceView:
         def read(conn: Connection) -> BalanceView:
-            row = conn.execute(
-                "SELECT balance, updated_at FROM accounts WHERE user_id = ?", (user_id,)
-            ).fetchone()
+            row = _one(
+                conn.execute(
+                    "SELECT balance, updated_at FROM accounts WHERE user_id = ?", (user_id,)
+                )
+            )
             return BalanceView(int(row[0]), row[1]) if row else BalanceView(0, None)
 
         return await self._read(read)
@@ -408,9 +435,9 @@ class SQLiteStore:
 
     async def claim(self, name: str, owner: str, ttl_seconds: float, now: float) -> bool:
         def write(conn: Connection) -> bool:
-            held = conn.execute(
-                "SELECT 1 FROM claims WHERE name = ? AND expires_at > ?", (name, now)
-            ).fetchone()
+            held = _one(
+                conn.execute("SELECT 1 FROM claims WHERE name = ? AND expires_at > ?", (name, now))
+            )
             if held:
                 return False
             conn.execute(
@@ -430,9 +457,9 @@ class SQLiteStore:
 
     async def cache_get(self, key: str, now: float) -> bytes | None:
         def read(conn: Connection) -> bytes | None:
-            row = conn.execute(
-                "SELECT value FROM cache WHERE key = ? AND expires_at > ?", (key, now)
-            ).fetchone()
+            row = _one(
+                conn.execute("SELECT value FROM cache WHERE key = ? AND expires_at > ?", (key, now))
+            )
             return bytes(row[0]) if row else None
 
         return await self._read(read)
