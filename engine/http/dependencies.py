@@ -61,7 +61,8 @@ def context_of(request: AnyRequest) -> Context:
     )
 
 
-async def provide_user(request: AnyRequest, services: NamedDependency[Services]) -> UserPrincipal:
+def provide_user(request: AnyRequest, services: NamedDependency[Services]) -> UserPrincipal:
+    """Synchronous on purpose: verification is CPU-only, so no coroutine is needed."""
     return services.tokens.verify_user(bearer_token(request))
 
 

@@ -23,8 +23,9 @@ CREATE TABLE IF NOT EXISTS ledger (
 );
 
 CREATE INDEX IF NOT EXISTS ledger_by_user ON ledger (user_id, id);
-CREATE UNIQUE INDEX IF NOT EXISTS ledger_one_vend_per_request
-    ON ledger (user_id, request_id) WHERE action = 'vend';
+-- A vend's requestId is 128 random bits, unique by construction; an index to enforce it would
+-- cost every vend a b-tree insert.  A refund names a vend, so refunds are what must be unique.
+DROP INDEX IF EXISTS ledger_one_vend_per_request;
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_one_refund_per_vend
     ON ledger (user_id, request_id) WHERE action = 'refund';
 

@@ -23,7 +23,7 @@ from engine.timeutil import iso
 class VendController(Controller):
     path = "/v1/vend-token"
 
-    @post("/", status_code=200, dependencies={"user": Provide(provide_user)})
+    @post("/", status_code=200, dependencies={"user": Provide(provide_user, sync_to_thread=False)})
     async def vend(
         self,
         request: AnyRequest,
