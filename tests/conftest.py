@@ -13,7 +13,7 @@ from litestar.testing import TestClient
 
 from engine import Settings, create_app
 from engine.domain.tokens import TRANSCRIBE_SCOPE, TokenAuthority
-from engine.local import RedisServer
+from engine.local import RedisClusterServers, RedisServer
 from engine.store import Store, store_from_url
 from engine.upstream.simulator import BackgroundSimulator
 from tests.spec_check import SpecRecorder
@@ -40,10 +40,23 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """Three real redis-server primaries joined into a cluster by redis-cli."""
+    cluster = RedisClusterServers()
+    cluster.start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "redis":
         return str(request.getfixturevalue("redis_url"))
+    if request.param == "redis-cluster":
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return cluster.url
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 

@@ -13,13 +13,19 @@ from tests.spec_check import SpecRecorder
 
 pytestmark = pytest.mark.server
 
-DEPLOYMENTS = [("sqlite", 1), ("sqlite", 2), ("redis", 1), ("redis", 2)]
+DEPLOYMENTS = [("sqlite", 1), ("sqlite", 2), ("redis", 1), ("redis", 2), ("redis-cluster", 2)]
 
 
 @pytest.fixture(params=DEPLOYMENTS, ids=[f"{s}-{w}w" for s, w in DEPLOYMENTS])
 def engine(request: pytest.FixtureRequest) -> Iterator[LocalEngine]:
     store, workers = request.param
-    url = str(request.getfixturevalue("redis_url")) if store == "redis" else None
+    url = None
+    if store == "redis":
+        url = str(request.getfixturevalue("redis_url"))
+    elif store == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        url = cluster.url
     with LocalEngine(store_url=url, workers=workers) as running:
         yield running
 

@@ -146,8 +146,12 @@ async def test_a_vend_counts_itself_in_the_same_window(store: Store) -> None:
     now = time.time()
     await store.hit_window("ann", 60, now)
     rate = RateWindow("ann", 3, 60)
-    outcomes = [await store.spend(VendOrder("ann", f"r{i}", "t", int(now) + 900, None, None,
-                                            CTX, now, rate)) for i in range(4)]
+    outcomes = [
+        await store.spend(
+            VendOrder("ann", f"r{i}", "t", int(now) + 900, None, None, CTX, now, rate)
+        )
+        for i in range(4)
+    ]
     assert [o.status for o in outcomes] == ["charged", "charged", "rate_limited", "rate_limited"]
     assert [o.window.count for o in outcomes if o.window] == [2, 3, 4, 5]
     trail = await store.audit("ann", 10, 0)

@@ -10,10 +10,11 @@ __all__ = ["SQLiteStore", "Store", "StoreUnavailable", "store_from_url"]
 
 
 def store_from_url(url: str) -> Store:
-    """`sqlite:///path/file.db` or `redis://host:port/db` (also `rediss://`)."""
+    """`sqlite:///path/file.db`, `redis://host:port/db` (also `rediss://`), or a Redis Cluster
+    through any node: `redis+cluster://host:port`."""
     if url.startswith("sqlite:"):
         return SQLiteStore(sqlite_path(url))
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(("redis://", "rediss://", "redis+cluster://", "unix://")):
         from engine.store.redis import RedisStore
 
         return RedisStore(url)

@@ -18,14 +18,16 @@ instead of failing, which is what holds under hundreds of in-flight requests.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.store import redis_scripts as lua
@@ -54,6 +56,7 @@ _entry = msgspec.json.Decoder(AuditEntry)
 _vend_receipt = msgspec.json.Decoder(VendReceipt)
 _grant_receipt = msgspec.json.Decoder(GrantReceipt)
 POOL_SIZE = 64
+CLUSTER_SCHEME = "redis+cluster://"
 POOL_TIMEOUT_SECONDS = 5.0
 
 
@@ -81,21 +84,37 @@ def _text(value: Any) -> str:
 
 
 class RedisStore:
-    """The `Store` protocol on Redis; the URL is `redis://host:port/db`."""
+    """The `Store` protocol on Redis: `redis://host:port/db`, or a Redis Cluster through any
+    of its nodes: `redis+cluster://host:port`."""
 
     backend = "redis"
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=POOL_SIZE,
-            timeout=POOL_TIMEOUT_SECONDS,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-            health_check_interval=30,
-        )
-        self._redis = aioredis.Redis(connection_pool=self._pool)
+        self._pool: aioredis.BlockingConnectionPool | None = None
+        self._in_flight: asyncio.Semaphore | None = None
+        self._redis: aioredis.Redis | RedisCluster
+        if url.startswith(CLUSTER_SCHEME):
+            # Every script's keys share one hash tag, so each runs on one slot's primary.
+            self._redis = RedisCluster.from_url(
+                "redis://" + url[len(CLUSTER_SCHEME) :],
+                max_connections=POOL_SIZE,
+                socket_connect_timeout=2.0,
+                socket_timeout=5.0,
+            )
+            # The cluster client has no blocking pool: past `max_connections` it fails, so
+            # commands wait their turn here instead.
+            self._in_flight = asyncio.Semaphore(POOL_SIZE)
+        else:
+            self._pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=POOL_SIZE,
+                timeout=POOL_TIMEOUT_SECONDS,
+                socket_connect_timeout=2.0,
+                socket_timeout=5.0,
+                health_check_interval=30,
+            )
+            self._redis = aioredis.Redis(connection_pool=self._pool)
         self._spend = self._redis.register_script(lua.SPEND)
         self._grant = self._redis.register_script(lua.GRANT)
         self._refund = self._redis.register_script(lua.REFUND)
@@ -106,8 +125,11 @@ class RedisStore:
 
     async def _do(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
+            if self._in_flight is not None:
+                async with self._in_flight:
+                    return await call()
             return await call()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         except ResponseError as exc:
             if "LOADING" in str(exc) or "MASTERDOWN" in str(exc) or "READONLY" in str(exc):
@@ -120,7 +142,7 @@ class RedisStore:
             config = await self._redis.config_get("appendonly")
         except RedisError:
             return  # managed Redis often forbids CONFIG; nothing to check then
-        if _text(config.get("appendonly", "no")) != "yes":
+        if isinstance(config, dict) and _text(config.get("appendonly", "yes")) != "yes":
             log.warning(
                 "redis persistence: appendonly is off; acknowledged writes since the last"
                 " snapshot are lost if redis-server crashes (set appendonly yes)"
@@ -128,7 +150,8 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
-        await self._pool.disconnect()
+        if self._pool is not None:
+            await self._pool.disconnect()
 
     async def ping(self) -> bool:
         try:
