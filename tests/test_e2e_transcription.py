@@ -34,6 +34,14 @@ def engine(shared_engine: LocalEngine) -> LocalEngine:
     return shared_engine
 
 
+def wait_out_cooldown(client: httpx.Client) -> None:
+    """The breaker's cool-down is a timer by design (1 s here): poll its state, bounded."""
+    deadline = time.monotonic() + 5
+    while client.get("/health/services").json()["circuitBreaker"]["state"] == "open":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def vend(engine: LocalEngine, user: str) -> dict[str, str]:
     response = engine.client.post("/v1/vend-token", headers=engine.user_headers(user))
     assert response.status_code == 200, response.text
@@ -157,11 +165,7 @@ def test_upstream_5xx_then_retry_with_the_same_token_costs_nothing_more(
             )
         assert codes == [502, 502, 502, 503]  # the third failure opened the breaker
         engine.simulator.app.faults = Faults()
-        # the breaker opened after three failures; wait out its 1 s cool-down
-        deadline = time.monotonic() + 5
-        while client.get("/health/services").json()["circuitBreaker"]["state"] == "open":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_out_cooldown(client)  # the breaker opened after the third failure
         ok = client.post("/ttt/transcribe", json={"url": VIDEO}, headers=service)
     assert ok.status_code == 202, ok.text
     assert balance_of(engine, "dan") == 0
@@ -206,10 +210,7 @@ def test_breaker_opens_under_faults_and_recovers(
         )
         assert engine.simulator.app.stats.transcribe_calls == 3
         engine.simulator.app.faults = Faults()
-        deadline = time.monotonic() + 5
-        while client.get("/health/services").json()["circuitBreaker"]["state"] == "open":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_out_cooldown(client)
         assert (
             client.post("/ttt/transcribe", json={"url": VIDEO}, headers=service).status_code == 202
         )

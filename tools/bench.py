@@ -67,7 +67,8 @@ function done(summary, latency, requests)
   local parts = {}
   for status, count in pairs(totals) do table.insert(parts, '"' .. status .. '":' .. count) end
   io.write("STATUSES {" .. table.concat(parts, ",") .. "}\\n")
-  io.write(string.format("LATENCY %%d %%d %%d\\n", latency:percentile(50), latency:percentile(99), summary.requests))
+  io.write(string.format("LATENCY %%d %%d %%d\\n",
+    latency:percentile(50), latency:percentile(99), summary.requests))
 end
 """
 
@@ -87,21 +88,40 @@ class Result:
 
     @property
     def unexpected(self) -> int:
-        return sum(n for s, n in self.statuses.items() if not s.startswith("2") and s not in EXPECTED_REFUSALS)
+        return sum(
+            n
+            for s, n in self.statuses.items()
+            if not s.startswith("2") and s not in EXPECTED_REFUSALS
+        )
 
 
 def _lua(path: str, method: str, tokens: list[str], keyed: bool, folder: Path) -> Path:
     script = folder / f"{method}-{path.strip('/').replace('/', '-')}-{len(tokens)}.lua"
     quoted = ",".join(f'"{t}"' for t in tokens)
-    script.write_text(LUA % {"tokens": quoted, "path": path, "method": method, "keyed": "true" if keyed else "false"})
+    script.write_text(
+        LUA
+        % {"tokens": quoted, "path": path, "method": method, "keyed": "true" if keyed else "false"}
+    )
     return script
 
 
-def _wrk(url: str, script: Path, args: argparse.Namespace) -> tuple[float, float, float, int, dict[str, int]]:
-    out = subprocess.run(  # noqa: S603
-        ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
-         "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+def _wrk(
+    url: str, script: Path, args: argparse.Namespace
+) -> tuple[float, float, float, int, dict[str, int]]:
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{args.threads}",
+            f"-c{args.connections}",
+            f"-d{args.duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50_us, p99_us, total = map(int, re.search(r"LATENCY (\d+) (\d+) (\d+)", out).groups())  # type: ignore[union-attr]
@@ -113,18 +133,27 @@ def _prepare(engine: LocalEngine) -> tuple[list[str], list[str]]:
     users = [f"bench-{i}" for i in range(USERS)]
     with httpx.Client(base_url=engine.url, timeout=30) as client:
         for user in users:
-            client.post("/v1/credits/add", json={"userId": user, "amount": 1_000_000},
-                        headers=engine.admin_headers).raise_for_status()
-        client.post("/v1/credits/add", json={"userId": "bench-hot", "amount": HOT_BALANCE},
-                    headers=engine.admin_headers).raise_for_status()
+            client.post(
+                "/v1/credits/add",
+                json={"userId": user, "amount": 1_000_000},
+                headers=engine.admin_headers,
+            ).raise_for_status()
+        client.post(
+            "/v1/credits/add",
+            json={"userId": "bench-hot", "amount": HOT_BALANCE},
+            headers=engine.admin_headers,
+        ).raise_for_status()
     return [engine.mint_user(u, ttl=7200) for u in users], [engine.mint_user("bench-hot", ttl=7200)]
 
 
 def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) -> list[Result]:
     redis = RedisServer().start() if store == "redis" else None
     try:
-        with LocalEngine(store_url=redis.url if redis else None, workers=workers,
-                         rate_limit_per_minute=1_000_000_000) as engine:
+        with LocalEngine(
+            store_url=redis.url if redis else None,
+            workers=workers,
+            rate_limit_per_minute=1_000_000_000,
+        ) as engine:
             tokens, hot = _prepare(engine)
             scenarios = [
                 ("ceiling", "/health/services", "GET", tokens[:1], False),
@@ -143,8 +172,13 @@ def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) 
                 if name.startswith("vend"):
                     result.ledger_clean = engine.ledger_verify().returncode == 0
                 results.append(result)
-                print(f"  {store}/{workers}w {name:9} {rps:9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {statuses}",
-                      flush=True)
+                print(
+                    f"  {store}/{workers}w {name:9} {rps:9.0f} req/s",
+                    f"p50 {p50:6.2f} ms",
+                    f"p99 {p99:6.2f} ms",
+                    statuses,
+                    flush=True,
+                )
     finally:
         if redis:
             redis.close()
@@ -155,18 +189,25 @@ def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) 
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| store | workers | scenario | req/s | p50 ms | p99 ms | vs ceiling | statuses | ledger |",
-             "|---|---|---|---:|---:|---:|---:|---|---|"]
+    lines = [
+        "| store | workers | scenario | req/s | p50 ms | p99 ms | vs ceiling | statuses | ledger |",
+        "|---|---|---|---:|---:|---:|---:|---|---|",
+    ]
     for r in results:
         ledger = "" if r.ledger_clean is None else ("clean" if r.ledger_clean else "**BROKEN**")
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r.statuses.items()))
-        lines.append(f"| {r.store} | {r.workers} | {r.scenario} | {r.requests_per_second:,.0f} | {r.p50_ms:.2f} "
-                     f"| {r.p99_ms:.2f} | {r.ratio_to_ceiling:.0%} | {statuses} | {ledger} |")
+        lines.append(
+            f"| {r.store} | {r.workers} | {r.scenario} | {r.requests_per_second:,.0f} "
+            f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.ratio_to_ceiling:.0%} "
+            f"| {statuses} | {ledger} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=8, help="seconds per scenario")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
@@ -181,14 +222,22 @@ def main() -> int:
         for store in args.stores.split(","):
             for workers in map(int, args.workers.split(",")):
                 results.extend(run_combo(store, workers, args, Path(folder)))
-    report = {"command": " ".join(sys.argv), "connections": args.connections, "threads": args.threads,
-              "duration_s": args.duration, "seconds": round(time.time() - started, 1),
-              "results": [{**asdict(r), "unexpected": r.unexpected} for r in results]}
+    report = {
+        "command": " ".join(sys.argv),
+        "connections": args.connections,
+        "threads": args.threads,
+        "duration_s": args.duration,
+        "seconds": round(time.time() - started, 1),
+        "results": [{**asdict(r), "unexpected": r.unexpected} for r in results],
+    }
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
     print(table(results))
     broken = [r for r in results if r.unexpected or r.ledger_clean is False]
     for r in broken:
-        print(f"FAILED: {r.store}/{r.workers}w {r.scenario}: unexpected={r.unexpected} ledger={r.ledger_clean}")
+        print(
+            f"FAILED: {r.store}/{r.workers}w {r.scenario}:",
+            f"unexpected={r.unexpected} ledger={r.ledger_clean}",
+        )
     return 1 if broken else 0
 
 

@@ -70,6 +70,13 @@ def _idem_key(user_id: str, key: IdempotencyKey | None) -> str:
     return f"{_user(user_id)}:idem:{key.scope}:{key.key}"
 
 
+def _idem_args(key: IdempotencyKey | None) -> list[str | int]:
+    """The (use it?, fingerprint, expiry in ms) arguments every idempotent script takes."""
+    if key is None:
+        return ["0", "", 0]
+    return ["1", key.fingerprint, _ms(key.expires_at)]
+
+
 def _window_key(subject: str, start: float) -> str:
     """In the subject's slot, so a vend can count itself inside its spend script."""
     return f"{_user(subject)}:rl:{int(start)}"
@@ -184,9 +191,7 @@ class RedisStore:
                     order.context.ip,
                     order.context.user_agent,
                     iso(order.now),
-                    "1" if idem else "0",
-                    idem.fingerprint if idem else "",
-                    _ms(idem.expires_at) if idem else 0,
+                    *_idem_args(idem),
                     rate.limit if rate else 0,
                     _ms(reset_at),
                 ],
@@ -212,9 +217,7 @@ class RedisStore:
                     order.context.ip,
                     order.context.user_agent,
                     iso(order.now),
-                    "1" if idem else "0",
-                    idem.fingerprint if idem else "",
-                    _ms(idem.expires_at) if idem else 0,
+                    *_idem_args(idem),
                 ],
             )
         )
