@@ -1,0 +1,243 @@
+"""The SQL of each domain operation, as functions of one connection inside one transaction.
+
+`SQLiteStore` decides *when* and in which transaction they run (group commit); this module is
+*what* each does.  None of them begins or commits: the caller's transaction makes each atomic.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import msgspec
+
+from engine.store.records import (
+    Action,
+    AuditEntry,
+    Context,
+    GrantOrder,
+    GrantOutcome,
+    GrantReceipt,
+    IdempotencyKey,
+    RefundOrder,
+    RefundOutcome,
+    SpendOutcome,
+    StoredResponse,
+    VendOrder,
+    VendReceipt,
+    WindowCount,
+)
+from engine.timeutil import iso
+
+Connection = sqlite3.Connection
+ENTRY_COLUMNS = "id, user_id, action, delta, balance_after, request_id, ip, user_agent, at, reason"
+_vend_receipt = msgspec.json.Decoder(VendReceipt)
+_grant_receipt = msgspec.json.Decoder(GrantReceipt)
+_encode = msgspec.json.encode
+
+
+def one(cursor: sqlite3.Cursor) -> Any:
+    """The one row of a statement, stepped to its end: a statement left half-read keeps its
+    connection on an old snapshot, and its next write would fail with SQLITE_BUSY_SNAPSHOT
+    once another process has written."""
+    rows = cursor.fetchall()
+    return rows[0] if rows else None
+
+
+def entry(row: tuple[object, ...]) -> AuditEntry:
+    return AuditEntry(*row)  # type: ignore[arg-type]
+
+
+def _append(
+    conn: Connection,
+    user_id: str,
+    action: str,
+    delta: int,
+    balance_after: int,
+    request_id: str,
+    context: Context,
+    at: str,
+    reason: str = "",
+) -> AuditEntry:
+    row = one(
+        conn.execute(
+            "INSERT INTO ledger (user_id, action, delta, balance_after, request_id, ip, user_agent,"
+            f" at, reason) VALUES (?,?,?,?,?,?,?,?,?) RETURNING {ENTRY_COLUMNS}",
+            (
+                user_id,
+                action,
+                delta,
+                balance_after,
+                request_id,
+                context.ip,
+                context.user_agent,
+                at,
+                reason,
+            ),
+        )
+    )
+    return entry(row)
+
+
+def _current_balance(conn: Connection, user_id: str) -> int:
+    row = one(conn.execute("SELECT balance FROM accounts WHERE user_id = ?", (user_id,)))
+    return int(row[0]) if row else 0
+
+
+def count(conn: Connection, subject: str, window_seconds: int, now: float) -> WindowCount:
+    start = now - now % window_seconds
+    reset_at = start + window_seconds
+    (count,) = one(
+        conn.execute(
+            "INSERT INTO windows (key, count, expires_at) VALUES (?, 1, ?)"
+            " ON CONFLICT (key) DO UPDATE SET count = count + 1 RETURNING count",
+            (f"rl:{subject}@{int(start)}", reset_at),
+        )
+    )
+    return WindowCount(int(count), reset_at)
+
+
+def stored_response(conn: Connection, scope: str, key: str, now: float) -> StoredResponse | None:
+    row = one(
+        conn.execute(
+            "SELECT fingerprint, status_code, body FROM responses"
+            " WHERE scope = ? AND key = ? AND expires_at > ?",
+            (scope, key, now),
+        )
+    )
+    return StoredResponse(row[0], int(row[1]), bytes(row[2])) if row else None
+
+
+def store_response(conn: Connection, key: IdempotencyKey, status: int, body: bytes) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO responses (scope, key, fingerprint, status_code, body, expires_at)"
+        " VALUES (?,?,?,?,?,?)",
+        (key.scope, key.key, key.fingerprint, status, body, key.expires_at),
+    )
+
+
+def spend(conn: Connection, order: VendOrder) -> SpendOutcome:
+    at = iso(order.now)
+    window = None
+    if order.rate is not None:
+        window = count(conn, order.rate.subject, order.rate.window_seconds, order.now)
+        if window.count > order.rate.limit:
+            balance = _current_balance(conn, order.user_id)
+            _append(
+                conn,
+                order.user_id,
+                Action.VEND_RATE_LIMITED,
+                0,
+                balance,
+                order.request_id,
+                order.context,
+                at,
+                "rate_limit_exceeded",
+            )
+            return SpendOutcome("rate_limited", balance, window=window)
+    key = order.idempotency
+    if key is not None:
+        stored = stored_response(conn, key.scope, key.key, order.now)
+        if stored is not None:
+            if stored.fingerprint != key.fingerprint:
+                return SpendOutcome("key_conflict", _current_balance(conn, order.user_id))
+            receipt = _vend_receipt.decode(stored.body)
+            return SpendOutcome("replayed", receipt.balance_after, receipt, window)
+    row = one(
+        conn.execute(
+            "UPDATE accounts SET balance = balance - 1, updated_at = ?"
+            " WHERE user_id = ? AND balance > 0 RETURNING balance",
+            (at, order.user_id),
+        )
+    )
+    if row is None:
+        balance = _current_balance(conn, order.user_id)
+        _append(
+            conn,
+            order.user_id,
+            Action.VEND_REFUSED,
+            0,
+            balance,
+            order.request_id,
+            order.context,
+            at,
+            "insufficient_credits",
+        )
+        return SpendOutcome("insufficient", balance, window=window)
+    balance = int(row[0])
+    _append(conn, order.user_id, Action.VEND, -1, balance, order.request_id, order.context, at)
+    receipt = VendReceipt(
+        order.request_id, order.token, order.expires_at, balance, order.client_request_id, at
+    )
+    if key is not None:
+        store_response(conn, key, 200, _encode(receipt))
+    return SpendOutcome("charged", balance, receipt, window)
+
+
+def grant(conn: Connection, order: GrantOrder) -> GrantOutcome:
+    at = iso(order.now)
+    key = order.idempotency
+    if key is not None:
+        stored = stored_response(conn, key.scope, key.key, order.now)
+        if stored is not None:
+            if stored.fingerprint != key.fingerprint:
+                return GrantOutcome("key_conflict")
+            return GrantOutcome("replayed", _grant_receipt.decode(stored.body))
+    (balance,) = one(
+        conn.execute(
+            "INSERT INTO accounts (user_id, balance, updated_at) VALUES (?,?,?)"
+            " ON CONFLICT (user_id) DO UPDATE SET balance = balance + excluded.balance,"
+            " updated_at = excluded.updated_at RETURNING balance",
+            (order.user_id, order.amount, at),
+        )
+    )
+    _append(
+        conn,
+        order.user_id,
+        Action.GRANT,
+        order.amount,
+        balance,
+        order.request_id,
+        order.context,
+        at,
+        order.reason,
+    )
+    receipt = GrantReceipt(order.user_id, order.amount, balance, order.request_id, order.reason, at)
+    if key is not None:
+        store_response(conn, key, 200, _encode(receipt))
+    return GrantOutcome("granted", receipt)
+
+
+def refund(conn: Connection, order: RefundOrder) -> RefundOutcome:
+    actions = {
+        action
+        for (action,) in conn.execute(
+            "SELECT action FROM ledger WHERE user_id = ? AND request_id = ?"
+            " AND action IN ('vend', 'refund')",
+            (order.user_id, order.vend_request_id),
+        )
+    }
+    if Action.VEND not in actions:
+        return RefundOutcome("not_found")
+    if Action.REFUND in actions:
+        return RefundOutcome("already_refunded")
+    at = iso(order.now)
+    (balance,) = one(
+        conn.execute(
+            "UPDATE accounts SET balance = balance + 1, updated_at = ? WHERE user_id = ?"
+            " RETURNING balance",
+            (at, order.user_id),
+        )
+    )
+    entry = _append(
+        conn,
+        order.user_id,
+        Action.REFUND,
+        1,
+        balance,
+        order.vend_request_id,
+        order.context,
+        at,
+        order.reason,
+    )
+    return RefundOutcome("refunded", entry)
