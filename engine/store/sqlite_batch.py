@@ -1,10 +1,11 @@
 """Group commit for SQLite: the write operations of one event-loop turn share one transaction.
 
 A commit is the expensive part of a small SQLite write (the WAL append and its bookkeeping), so
-under load committing thirty vends at once costs barely more than committing one.  Each
-operation still runs in its own SAVEPOINT: one that fails is rolled back alone and reports its
-own error, the others commit.  No caller is answered before the COMMIT that holds its write has
-succeeded, so acknowledged writes are durable exactly as with one transaction each.
+under load committing thirty vends at once costs barely more than committing one.  An
+operation that fails is still isolated: the batch is rolled back and each operation re-runs in
+a transaction of its own, so only the failing one reports an error.  No caller is answered
+before the COMMIT that holds its write has succeeded, so acknowledged writes are durable
+exactly as with one transaction each.
 
 Writers of every process queue on an advisory `flock` beside the database before they touch
 SQLite's own lock: SQLite's busy handler polls with sleeps of 1 to 100 ms, while the kernel
@@ -33,33 +34,30 @@ Batch = list[tuple[Operation, "asyncio.Future[Any]"]]
 
 
 def run_batch(conn: sqlite3.Connection, operations: list[Operation]) -> list[Outcome]:
-    """All operations in one IMMEDIATE transaction, each isolated by a savepoint.
+    """All operations in one IMMEDIATE transaction.
 
-    A lone operation needs no savepoint: the transaction itself isolates it.
+    Operations fail only on a constraint or a bug, so the batch runs optimistically without
+    savepoints (they would double the statements per vend); if one raises, the whole batch is
+    rolled back and every operation re-runs alone in its own transaction, which isolates the
+    failure to its own caller exactly as savepoints would.
     """
     if len(operations) == 1:
         return [_run_alone(conn, operations[0])]
     conn.execute("BEGIN IMMEDIATE")
-    outcomes: list[Outcome] = []
     try:
-        for operation in operations:
-            conn.execute("SAVEPOINT op")
-            try:
-                result = operation(conn)
-            except sqlite3.OperationalError:
-                raise  # the connection is in trouble: abandon the whole batch
-            except Exception as exc:
-                conn.execute("ROLLBACK TO op")
-                outcomes.append((False, exc))
-            else:
-                outcomes.append((True, result))
-            conn.execute("RELEASE op")
-        conn.execute("COMMIT")
+        results = [operation(conn) for operation in operations]
+    except sqlite3.OperationalError:
+        conn.execute("ROLLBACK")
+        raise  # the connection is in trouble: abandon the whole batch
+    except Exception:
+        conn.execute("ROLLBACK")
+        return [_run_alone(conn, operation) for operation in operations]
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return outcomes
+    conn.execute("COMMIT")
+    return [(True, result) for result in results]
 
 
 def _run_alone(conn: sqlite3.Connection, operation: Operation) -> Outcome:
