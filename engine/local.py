@@ -110,7 +110,11 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_until(self._answers, "redis-server", self._process)
+        try:
+            _wait_until(self._answers, "redis-server", self._process)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _answers(self) -> bool:
@@ -162,26 +166,30 @@ class RedisClusterServers:
         self.url = f"redis+cluster://127.0.0.1:{self._nodes[0].port}"
 
     def start(self) -> Self:
-        for node in self._nodes:
-            node.start()
-        cli = shutil.which("redis-cli")
-        if cli is None:
-            raise RuntimeError("redis-cli is not installed (apt-get install redis-tools)")
-        subprocess.run(  # noqa: S603 - fixed binary, our own arguments
-            [
-                cli,
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{n.port}" for n in self._nodes),
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        _wait_until(lambda: all(n.cluster_ok() for n in self._nodes), "redis cluster", None)
+        try:
+            for node in self._nodes:
+                node.start()
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise RuntimeError("redis-cli is not installed (apt-get install redis-tools)")
+            subprocess.run(  # noqa: S603 - fixed binary, our own arguments
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{n.port}" for n in self._nodes),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            _wait_until(lambda: all(n.cluster_ok() for n in self._nodes), "redis cluster", None)
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def flush(self) -> None:
