@@ -39,6 +39,11 @@ class GrantRequest(Body, kw_only=True):
     client_request_id: ClientKey | None = None
 
 
+class TranscribeRequest(Body, kw_only=True):
+    url: Annotated[str, msgspec.Meta(max_length=2048)]
+    client_request_id: ClientKey | None = None
+
+
 class RefundRequest(Body, kw_only=True):
     user_id: UserId
     request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]

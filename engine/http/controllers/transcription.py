@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from engine.domain.idempotency import client_key
 from engine.errors import Unauthorized
-from engine.http.bodies import Body, ClientKey
+from engine.http.bodies import TranscribeRequest
 from engine.http.dependencies import AnyRequest, bearer_token, decode_body
 from engine.services import Services
-
-
-class TranscribeRequest(Body, kw_only=True):
-    url: Annotated[str, msgspec.Meta(max_length=2048)]
-    client_request_id: ClientKey | None = None
 
 
 def _reply(status_code: int, body: bytes, headers: dict[str, str]) -> Response[bytes]:
