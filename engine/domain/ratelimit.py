@@ -59,9 +59,10 @@ class RateLimiter:
 
     async def hit(self, subject: str, now: float) -> RateState | None:
         """Count one request; raise `RateLimited` past the limit.  None when disabled."""
-        if self.per_minute <= 0:
+        window = self.window(subject)
+        if window is None:
             return None
-        counted = await self._store.hit_window(subject, WINDOW_SECONDS, now)
+        counted = await self._store.hit_window(window.subject, window.window_seconds, now)
         if counted.count > self.per_minute:
             raise self.refusal(counted, now)
         return self.state(counted, now)

@@ -1,8 +1,8 @@
 """SQLite backend: the embedded default, one file, no set-up.
 
 Writes go through `GroupCommitter`: the write operations of one event-loop turn share one
-`BEGIN IMMEDIATE` transaction, each in its own savepoint, and nobody is answered before the
-COMMIT.  Other processes sharing the file wait on SQLite's own lock.  WAL with
+`BEGIN IMMEDIATE` transaction, and nobody is answered before the COMMIT; writers in other
+processes sharing the file queue on an advisory flock beside it.  WAL with
 `synchronous=NORMAL` means a committed transaction survives a crash of the engine process
 (not a power cut of the machine: for that, `synchronous=FULL`).  Reads run inline; WAL
 readers do not wait for writers.

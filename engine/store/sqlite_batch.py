@@ -29,7 +29,6 @@ from engine.store.protocol import StoreUnavailable
 
 Operation = Callable[[sqlite3.Connection], Any]
 Outcome = tuple[bool, Any]  # (succeeded, result or exception)
-INLINE_ATTEMPTS = 3
 Batch = list[tuple[Operation, "asyncio.Future[Any]"]]
 
 
@@ -130,7 +129,14 @@ class GroupCommitter:
             self._fail(batch, exc)
             return
         try:
-            outcomes = self._run_inline(operations)
+            outcomes = run_batch(self._inline(), operations)
+        except sqlite3.OperationalError as exc:
+            # Even under the flock another connection (a `ledger verify`, a checkpoint) can
+            # hold SQLite's lock; nothing was written, so a thread waits for it instead.
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                self._fail(batch, exc)
+                return
+            outcomes = None
         except Exception as exc:  # a callback must settle every future, whatever happened
             self._fail(batch, exc)
             return
@@ -140,26 +146,6 @@ class GroupCommitter:
             self._hand_off(batch)
             return
         self._settle(batch, outcomes)
-
-    def _run_inline(self, operations: list[Operation]) -> list[Outcome] | None:
-        """None when SQLite stayed busy: even under the flock, another connection can hold one
-        of SQLite's shared-memory locks for a few microseconds (e.g. reading the WAL index)."""
-        for _ in range(INLINE_ATTEMPTS):
-            try:
-                return run_batch(self._inline(), operations)
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
-                    raise
-        return None
-
-    def exclusively(self, work: Callable[[], Any]) -> Any:
-        """Run blocking `work` under the writers' flock (from a thread), e.g. a checkpoint,
-        so that it never makes an inline writer meet SQLite's own lock."""
-        fcntl.flock(self._lock("thread"), fcntl.LOCK_EX)
-        try:
-            return work()
-        finally:
-            fcntl.flock(self._lock("thread"), fcntl.LOCK_UN)
 
     def _hand_off(self, batch: Batch) -> None:
         """Nothing of the batch was written; a thread will wait for the locks and run it."""
@@ -171,10 +157,11 @@ class GroupCommitter:
         operations = [operation for operation, _ in batch]
 
         def locked() -> list[Outcome]:
-            outcomes: list[Outcome] = self.exclusively(
-                lambda: run_batch(self._threaded(), operations)
-            )
-            return outcomes
+            fcntl.flock(self._lock("thread"), fcntl.LOCK_EX)
+            try:
+                return run_batch(self._threaded(), operations)
+            finally:
+                fcntl.flock(self._lock("thread"), fcntl.LOCK_UN)
 
         try:
             outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, locked)
@@ -184,9 +171,7 @@ class GroupCommitter:
         self._settle(batch, outcomes)
 
     @staticmethod
-    def _settle(
-        batch: list[tuple[Operation, asyncio.Future[Any]]], outcomes: list[Outcome]
-    ) -> None:
+    def _settle(batch: Batch, outcomes: list[Outcome]) -> None:
         for (_, future), (succeeded, value) in zip(batch, outcomes, strict=True):
             if future.done():
                 continue
