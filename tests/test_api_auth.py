@@ -109,3 +109,15 @@ def test_vended_tokens_are_unique_and_signed_with_another_key() -> None:
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(first.token, JWT_SECRET, algorithms=["HS256"], options={"verify_aud": False})
     assert authority.verify_vended(first.token).jti == first.jti
+
+
+def test_vended_token_is_exactly_what_pyjwt_would_mint() -> None:
+    """The hot-path signer prepares the key once; its output must not drift from PyJWS."""
+    settings = make_settings("sqlite:///unused.db")
+    minted = TokenAuthority(settings).mint_vended("ann", time.time())
+    payload = base64.urlsafe_b64decode(minted.token.split(".")[1] + "==")
+    expected = jwt.PyJWS().encode(
+        payload, settings.vend_secret.encode(), algorithm="HS256", headers={"kid": "vend"}
+    )
+    assert minted.token == expected
+    assert jwt.get_unverified_header(minted.token) == {"alg": "HS256", "kid": "vend", "typ": "JWT"}

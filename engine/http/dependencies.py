@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Request, Response
+from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
@@ -97,14 +97,3 @@ async def decode_body(request: AnyRequest, body_type: type[T]) -> T:
         raise InvalidRequest(str(exc), code="invalid_body", details={"error": str(exc)}) from None
     except msgspec.DecodeError:
         raise InvalidRequest("Malformed JSON in request body", code="malformed_json") from None
-
-
-def json_response(
-    body: msgspec.Struct, status_code: int = 200, headers: dict[str, str] | None = None
-) -> Response[bytes]:
-    return Response(
-        msgspec.json.encode(body),
-        status_code=status_code,
-        media_type="application/json",
-        headers=headers,
-    )

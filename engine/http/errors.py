@@ -68,7 +68,9 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     elif isinstance(exc, StoreUnavailable):
         log.warning("store unavailable: %s", exc)
         error = ServiceUnavailable(
-            "Storage is unavailable; nothing was changed",
+            # Not "nothing was changed": a reply lost on the wire may follow a write that
+            # happened.  The client's idempotency key makes its retry safe either way.
+            "Storage is unavailable; retry with the same clientRequestId",
             code="store_unavailable",
             headers={"Retry-After": "1"},
         )

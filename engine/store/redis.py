@@ -12,23 +12,28 @@ server; nothing is read into Python and written back.  Key layout (see the READM
     claim:<name>            str   owner of a claim (e.g. a vended token's jti)
     cache:<key>             str   cached value
 
-Connections come from a *blocking* pool: past its size a request waits (up to a timeout)
-instead of failing, which is what holds under hundreds of in-flight requests.
+On a single Redis the commands of one event-loop turn share one pipeline (`CommandBatcher`),
+which divides redis-py's per-command cost among them; its connections come from a *blocking*
+pool, so past its size a request waits (up to a timeout) instead of failing.  A cluster client
+sends each command alone to its slot's primary.  Nothing is retried automatically (`NO_RETRY`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from engine.store import redis_scripts as lua
 from engine.store.protocol import StoreUnavailable
@@ -48,16 +53,20 @@ from engine.store.records import (
     VendReceipt,
     WindowCount,
 )
+from engine.store.redis_batch import CommandBatcher
 from engine.timeutil import iso
 
 log = logging.getLogger("engine.store.redis")
-T = TypeVar("T")
 _entry = msgspec.json.Decoder(AuditEntry)
 _vend_receipt = msgspec.json.Decoder(VendReceipt)
 _grant_receipt = msgspec.json.Decoder(GrantReceipt)
 POOL_SIZE = 64
 CLUSTER_SCHEME = "redis+cluster://"
 POOL_TIMEOUT_SECONDS = 5.0
+# Never resend a command on a connection error: a script whose reply was lost may have run, and
+# running a spend twice would charge twice.  The caller gets a 503; its idempotency key is what
+# makes its own retry safe.
+NO_RETRY = Retry(NoBackoff(), 0)
 
 
 def _user(user_id: str) -> str:
@@ -100,6 +109,7 @@ class RedisStore:
         self.url = url
         self._pool: aioredis.BlockingConnectionPool | None = None
         self._in_flight: asyncio.Semaphore | None = None
+        self._batcher: CommandBatcher | None = None
         self._redis: aioredis.Redis | RedisCluster
         if url.startswith(CLUSTER_SCHEME):
             # Every script's keys share one hash tag, so each runs on one slot's primary.
@@ -108,6 +118,7 @@ class RedisStore:
                 max_connections=POOL_SIZE,
                 socket_connect_timeout=2.0,
                 socket_timeout=5.0,
+                retry=NO_RETRY,
             )
             # The cluster client has no blocking pool: past `max_connections` it fails, so
             # commands wait their turn here instead.
@@ -120,8 +131,10 @@ class RedisStore:
                 socket_connect_timeout=2.0,
                 socket_timeout=5.0,
                 health_check_interval=30,
+                retry=NO_RETRY,
             )
             self._redis = aioredis.Redis(connection_pool=self._pool)
+            self._batcher = CommandBatcher(self._redis)
         self._spend = self._redis.register_script(lua.SPEND)
         self._grant = self._redis.register_script(lua.GRANT)
         self._refund = self._redis.register_script(lua.REFUND)
@@ -130,12 +143,35 @@ class RedisStore:
         self._remember = self._redis.register_script(lua.REMEMBER)
         self._release = self._redis.register_script(lua.RELEASE)
 
-    async def _do(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, *command: Any) -> Any:
+        """One command: pipelined with the rest of this loop turn's on a single Redis; on a
+        cluster, sent alone to its slot's primary."""
+        if self._batcher is not None:
+            return await self._guard(self._batcher.call(*command))
+        return await self._limited(lambda: self._redis.execute_command(*command))
+
+    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        evalsha = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            if self._in_flight is not None:
-                async with self._in_flight:
-                    return await call()
-            return await call()
+            return await self._call(*evalsha)
+        except NoScriptError:
+            # Redis lost its script cache (restart, flush) and nothing ran: load the script
+            # (on every primary of a cluster) and send it once more.
+            await self._limited(lambda: self._redis.script_load(script.script))
+            return await self._call(*evalsha)
+
+    async def _limited(self, reply: Callable[[], Awaitable[Any]]) -> Any:
+        """On a cluster, wait for one of `_in_flight`'s places first."""
+        if self._in_flight is None:
+            return await self._guard(reply())
+        async with self._in_flight:
+            return await self._guard(reply())
+
+    @staticmethod
+    async def _guard(reply: Awaitable[Any]) -> Any:
+        """Redis being unreachable or not ready is a `StoreUnavailable` (the API's 503)."""
+        try:
+            return await reply
         except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         except ResponseError as exc:
@@ -144,7 +180,7 @@ class RedisStore:
             raise
 
     async def open(self) -> None:
-        await self._do(self._redis.ping)
+        await self._call("PING")
         try:
             config = await self._redis.config_get("appendonly")
         except RedisError:
@@ -156,13 +192,15 @@ class RedisStore:
             )
 
     async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.aclose()
         await self._redis.aclose()
         if self._pool is not None:
             await self._pool.disconnect()
 
     async def ping(self) -> bool:
         try:
-            await self._do(self._redis.ping)
+            await self._call("PING")
         except StoreUnavailable:
             return False
         return True
@@ -173,29 +211,28 @@ class RedisStore:
         start = order.now - order.now % rate.window_seconds if rate else 0.0
         reset_at = start + rate.window_seconds if rate else 0.0
         window_key = _window_key(rate.subject, start) if rate else user + ":rl:-"
-        status, payload, counted = await self._do(
-            lambda: self._spend(
-                keys=[
-                    user + ":bal",
-                    user + ":ledger",
-                    user + ":vends",
-                    _idem_key(order.user_id, idem),
-                    window_key,
-                ],
-                args=[
-                    order.user_id,
-                    order.request_id,
-                    order.token,
-                    order.expires_at,
-                    order.client_request_id or "",
-                    order.context.ip,
-                    order.context.user_agent,
-                    iso(order.now),
-                    *_idem_args(idem),
-                    rate.limit if rate else 0,
-                    _ms(reset_at),
-                ],
-            )
+        status, payload, counted = await self._run(
+            self._spend,
+            [
+                user + ":bal",
+                user + ":ledger",
+                user + ":vends",
+                _idem_key(order.user_id, idem),
+                window_key,
+            ],
+            [
+                order.user_id,
+                order.request_id,
+                order.token,
+                order.expires_at,
+                order.client_request_id or "",
+                order.context.ip,
+                order.context.user_agent,
+                iso(order.now),
+                *_idem_args(idem),
+                rate.limit if rate else 0,
+                _ms(reset_at),
+            ],
         )
         status = _text(status)
         window = WindowCount(int(counted), reset_at) if rate else None
@@ -206,20 +243,19 @@ class RedisStore:
 
     async def grant(self, order: GrantOrder) -> GrantOutcome:
         user, idem = _user(order.user_id), order.idempotency
-        status, payload = await self._do(
-            lambda: self._grant(
-                keys=[user + ":bal", user + ":ledger", _idem_key(order.user_id, idem)],
-                args=[
-                    order.user_id,
-                    order.amount,
-                    order.request_id,
-                    order.reason,
-                    order.context.ip,
-                    order.context.user_agent,
-                    iso(order.now),
-                    *_idem_args(idem),
-                ],
-            )
+        status, payload = await self._run(
+            self._grant,
+            [user + ":bal", user + ":ledger", _idem_key(order.user_id, idem)],
+            [
+                order.user_id,
+                order.amount,
+                order.request_id,
+                order.reason,
+                order.context.ip,
+                order.context.user_agent,
+                iso(order.now),
+                *_idem_args(idem),
+            ],
         )
         status = _text(status)
         if status == "key_conflict":
@@ -228,34 +264,29 @@ class RedisStore:
 
     async def refund(self, order: RefundOrder) -> RefundOutcome:
         user = _user(order.user_id)
-        status, payload = await self._do(
-            lambda: self._refund(
-                keys=[user + ":bal", user + ":ledger", user + ":vends"],
-                args=[
-                    order.user_id,
-                    order.vend_request_id,
-                    order.reason,
-                    order.context.ip,
-                    order.context.user_agent,
-                    iso(order.now),
-                ],
-            )
+        status, payload = await self._run(
+            self._refund,
+            [user + ":bal", user + ":ledger", user + ":vends"],
+            [
+                order.user_id,
+                order.vend_request_id,
+                order.reason,
+                order.context.ip,
+                order.context.user_agent,
+                iso(order.now),
+            ],
         )
         status = _text(status)
         return RefundOutcome(status, _entry.decode(payload) if status == "refunded" else None)
 
     async def balance(self, user_id: str) -> BalanceView:
-        values = await self._do(
-            lambda: self._redis.hmget(_user(user_id) + ":bal", ["balance", "updated_at"])
-        )
+        values = await self._call("HMGET", _user(user_id) + ":bal", "balance", "updated_at")
         if values[0] is None:
             return BalanceView(0, None)
         return BalanceView(int(values[0]), _text(values[1]) if values[1] else None)
 
     async def audit(self, user_id: str, limit: int, after_id: int) -> list[AuditEntry]:
-        raw = await self._do(
-            lambda: self._redis.lrange(_user(user_id) + ":ledger", after_id, after_id + limit - 1)
-        )
+        raw = await self._call("LRANGE", _user(user_id) + ":ledger", after_id, after_id + limit - 1)
         return [_entry.decode(item) for item in raw]
 
     async def snapshot(self) -> LedgerSnapshot:
@@ -269,8 +300,8 @@ class RedisStore:
                 users.add(name[3 : name.rindex("}")])
         for user_id in sorted(users):
             user = _user(user_id)
-            balance, raw = await self._do(
-                lambda user=user: self._user_snapshot(keys=[user + ":bal", user + ":ledger"])  # type: ignore[misc]
+            balance, raw = await self._run(
+                self._user_snapshot, [user + ":bal", user + ":ledger"], []
             )
             balances[user_id] = int(balance)
             entries.extend(_entry.decode(item) for item in raw)
@@ -280,51 +311,41 @@ class RedisStore:
     async def hit_window(self, subject: str, window_seconds: int, now: float) -> WindowCount:
         start = now - now % window_seconds
         reset_at = start + window_seconds
-        count = await self._do(
-            lambda: self._hit(keys=[_window_key(subject, start)], args=[_ms(reset_at)])
-        )
+        count = await self._run(self._hit, [_window_key(subject, start)], [_ms(reset_at)])
         return WindowCount(int(count), reset_at)
 
     async def remember(
         self, scope: str, key: str, response: StoredResponse, ttl_seconds: float, now: float
     ) -> StoredResponse:
-        fingerprint, status, body = await self._do(
-            lambda: self._remember(
-                keys=[f"resp:{scope}:{key}"],
-                args=[
-                    response.fingerprint,
-                    response.status_code,
-                    response.body,
-                    _ms(now + ttl_seconds),
-                ],
-            )
+        fingerprint, status, body = await self._run(
+            self._remember,
+            [f"resp:{scope}:{key}"],
+            [response.fingerprint, response.status_code, response.body, _ms(now + ttl_seconds)],
         )
         return StoredResponse(_text(fingerprint), int(status), bytes(body))
 
     async def recall(self, scope: str, key: str, now: float) -> StoredResponse | None:
-        values = await self._do(
-            lambda: self._redis.hmget(f"resp:{scope}:{key}", ["fp", "status", "body"])
-        )
+        values = await self._call("HMGET", f"resp:{scope}:{key}", "fp", "status", "body")
         fingerprint, status, body = cast(list[bytes | None], values)
         if fingerprint is None or status is None or body is None:
             return None
         return StoredResponse(_text(fingerprint), int(status), body)
 
     async def claim(self, name: str, owner: str, ttl_seconds: float, now: float) -> bool:
-        taken = await self._do(
-            lambda: self._redis.set(f"claim:{name}", owner, nx=True, pxat=_ms(now + ttl_seconds))
+        taken = await self._call(
+            "SET", f"claim:{name}", owner, "NX", "PXAT", _ms(now + ttl_seconds)
         )
         return bool(taken)
 
     async def release(self, name: str, owner: str) -> None:
-        await self._do(lambda: self._release(keys=[f"claim:{name}"], args=[owner]))
+        await self._run(self._release, [f"claim:{name}"], [owner])
 
     async def cache_get(self, key: str, now: float) -> bytes | None:
-        value = await self._do(lambda: self._redis.get(f"cache:{key}"))
+        value = await self._call("GET", f"cache:{key}")
         return cast(bytes | None, value)
 
     async def cache_set(self, key: str, value: bytes, ttl_seconds: float, now: float) -> None:
-        await self._do(lambda: self._redis.set(f"cache:{key}", value, pxat=_ms(now + ttl_seconds)))
+        await self._call("SET", f"cache:{key}", value, "PXAT", _ms(now + ttl_seconds))
 
     async def purge_expired(self, now: float) -> int:
         """Redis expires keys itself."""

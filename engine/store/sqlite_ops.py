@@ -59,24 +59,35 @@ def _append(
     at: str,
     reason: str = "",
 ) -> AuditEntry:
-    row = one(
-        conn.execute(
-            "INSERT INTO ledger (user_id, action, delta, balance_after, request_id, ip, user_agent,"
-            f" at, reason) VALUES (?,?,?,?,?,?,?,?,?) RETURNING {ENTRY_COLUMNS}",
-            (
-                user_id,
-                action,
-                delta,
-                balance_after,
-                request_id,
-                context.ip,
-                context.user_agent,
-                at,
-                reason,
-            ),
-        )
+    # No RETURNING: every column but the id is known here, and a RETURNING row costs a vend
+    # as much as the insert itself.
+    cursor = conn.execute(
+        "INSERT INTO ledger (user_id, action, delta, balance_after, request_id, ip, user_agent,"
+        " at, reason) VALUES (?,?,?,?,?,?,?,?,?)",
+        (
+            user_id,
+            action,
+            delta,
+            balance_after,
+            request_id,
+            context.ip,
+            context.user_agent,
+            at,
+            reason,
+        ),
     )
-    return entry(row)
+    return AuditEntry(
+        cursor.lastrowid or 0,
+        user_id,
+        action,
+        delta,
+        balance_after,
+        request_id,
+        context.ip,
+        context.user_agent,
+        at,
+        reason,
+    )
 
 
 def _current_balance(conn: Connection, user_id: str) -> int:

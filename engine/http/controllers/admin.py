@@ -11,7 +11,8 @@ from msgspec import UNSET
 from engine.errors import InvalidRequest
 from engine.http.bodies import AuditResponse
 from engine.http.controllers.credits import entry_body
-from engine.http.dependencies import AnyRequest, json_response, provide_admin
+from engine.http.dependencies import AnyRequest, provide_admin
+from engine.http.responses import json_response
 from engine.services import Services
 
 MAX_PAGE = 500

@@ -19,10 +19,10 @@ from engine.http.dependencies import (
     Caller,
     context_of,
     decode_body,
-    json_response,
     provide_admin,
     provide_rate_limited_user,
 )
+from engine.http.responses import json_response
 from engine.services import Services
 from engine.store.records import AuditEntry
 

@@ -17,7 +17,7 @@ from engine.http.bodies import (
     StoreHealth,
     UpstreamHealth,
 )
-from engine.http.dependencies import json_response
+from engine.http.responses import json_response
 from engine.services import Services
 from engine.timeutil import iso
 from engine.version import __version__

@@ -6,7 +6,8 @@ from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
 from engine.errors import InvalidRequest
-from engine.http.dependencies import AnyRequest, context_of, json_response
+from engine.http.dependencies import AnyRequest, context_of
+from engine.http.responses import json_response
 from engine.services import Services
 
 
