@@ -77,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     uvicorn.run(
-        "engine.http.app:create_app",
+        "engine.http.app:create_server_app",
         factory=True,
         host=args.host,
         port=args.port,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -92,6 +93,21 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
     )
+
+
+def create_server_app() -> Litestar:
+    """What `pluct-engine serve` runs in each worker: `create_app()` plus process tuning."""
+    app = create_app()
+    app.on_startup.append(_freeze_heap)
+    return app
+
+
+def _freeze_heap() -> None:
+    """What is alive once the app has started lives as long as the process; frozen, it is no
+    longer walked by every full garbage collection (each took ~45 ms here and set the p99 of
+    every route).  Only in a server process: tests build many apps in one."""
+    gc.collect()
+    gc.freeze()
 
 
 def route_operations(app: Litestar) -> set[tuple[str, str]]:
