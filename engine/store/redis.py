@@ -134,7 +134,7 @@ class RedisStore:
                 retry=NO_RETRY,
             )
             self._redis = aioredis.Redis(connection_pool=self._pool)
-            self._batcher = CommandBatcher(self._redis)
+            self._batcher = CommandBatcher(self._pool)
         self._spend = self._redis.register_script(lua.SPEND)
         self._grant = self._redis.register_script(lua.GRANT)
         self._refund = self._redis.register_script(lua.REFUND)
