@@ -69,6 +69,9 @@ class CommandBatcher:
                     _settle(future, reply)
         except Exception as exc:  # the connection failed: the rest cannot be answered
             _fail(batch, exc)
+            # Redis went away or restarted: the idle connections in the pool are as dead as
+            # this one, and each would fail one more batch before the pool noticed.
+            await self._pool.disconnect(inuse_connections=False)
         except BaseException:
             for _, future in batch:
                 future.cancel()

@@ -10,11 +10,12 @@ from __future__ import annotations
 # Shared by the scripts that write the ledger.  KEYS[1] balance hash, KEYS[2] ledger list.
 _APPEND = """
 local function append(action, delta, balance_after, request_id, ip, ua, at, reason)
-  local id = redis.call('RPUSH', KEYS[2], '')
+  -- The script is atomic, so the next position is the entry's id.
+  local id = redis.call('LLEN', KEYS[2]) + 1
   local entry = cjson.encode({id = id, userId = ARGV[1], action = action, delta = delta,
     balanceAfter = balance_after, requestId = request_id, ip = ip, userAgent = ua, at = at,
     reason = reason})
-  redis.call('LSET', KEYS[2], id - 1, entry)
+  redis.call('RPUSH', KEYS[2], entry)
   return entry
 end
 local function balance()
