@@ -245,6 +245,18 @@ def test_rate_limit_headers_and_429(tmp_path: Path, spec_recorder: SpecRecorder)
     assert [e["action"] for e in entries["entries"]] == ["vend_rate_limited"]
 
 
+def test_refused_meta_urls_do_not_use_up_the_rate_limit(
+    tmp_path: Path, spec_recorder: SpecRecorder
+) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path}/rl.db", rate_limit_per_minute=2)
+    with TestClient(create_app(settings)) as client:
+        client.event_hooks = {"request": [], "response": [spec_recorder.sync_hook()]}
+        refused = [
+            client.get("/meta", params={"url": f"https://example.com/{i}"}) for i in range(5)
+        ]
+    assert {(r.status_code, r.json()["code"]) for r in refused} == {(400, "invalid_url")}
+
+
 async def test_store_down_is_503_with_nothing_written(spec_recorder: SpecRecorder) -> None:
     with RedisServer() as redis_server:
         settings = make_settings(redis_server.url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
+from engine.domain.urls import normalise_tiktok_url
 from engine.errors import InvalidRequest
 from engine.http.dependencies import AnyRequest, context_of
 from engine.http.responses import json_response
@@ -23,6 +24,9 @@ class MetadataController(Controller):
             raise InvalidRequest(
                 "url query parameter is required", code="invalid_url", details={"parameter": "url"}
             )
+        # A refused URL never reaches the network, so it is refused before it is counted:
+        # a client fixing its input is not also told to slow down.
+        url = normalise_tiktok_url(url)
         rate = await services.limiter.hit("ip:" + context_of(request).ip, services.clock())
         meta = await services.metadata.resolve(url)
         return json_response(meta, headers=rate.headers() if rate else None)
