@@ -16,7 +16,7 @@ from engine.store.redis_batch import CommandBatcher
 
 async def test_replies_go_to_their_own_callers(redis_url: str) -> None:
     pool = aioredis.ConnectionPool.from_url(redis_url)
-    batcher = CommandBatcher(pool)
+    batcher = CommandBatcher(pool, deadline=5.0)
     try:
         await asyncio.gather(*(batcher.call("SET", f"batch:{i}", f"v{i}") for i in range(300)))
         values = await asyncio.gather(*(batcher.call("GET", f"batch:{i}") for i in range(300)))
@@ -28,7 +28,7 @@ async def test_replies_go_to_their_own_callers(redis_url: str) -> None:
 
 async def test_an_error_reply_fails_its_command_alone(redis_url: str) -> None:
     pool = aioredis.ConnectionPool.from_url(redis_url)
-    batcher = CommandBatcher(pool)
+    batcher = CommandBatcher(pool, deadline=5.0)
     try:
         await batcher.call("SET", "batch:text", "not a number")
         outcomes = await asyncio.gather(
@@ -50,7 +50,7 @@ async def test_an_error_reply_fails_its_command_alone(redis_url: str) -> None:
 async def test_a_restarted_redis_costs_at_most_one_failed_batch() -> None:
     with RedisServer() as server:
         pool = aioredis.ConnectionPool.from_url(server.url)
-        batcher = CommandBatcher(pool)
+        batcher = CommandBatcher(pool, deadline=5.0)
         try:
             # Batches that overlap in flight hold several pooled connections at once, all of
             # which the restart will kill.

@@ -63,6 +63,7 @@ _grant_receipt = msgspec.json.Decoder(GrantReceipt)
 POOL_SIZE = 64
 CLUSTER_SCHEME = "redis+cluster://"
 POOL_TIMEOUT_SECONDS = 5.0
+REPLY_TIMEOUT_SECONDS = 5.0
 # Never resend a command on a connection error: a script whose reply was lost may have run, and
 # running a spend twice would charge twice.  The caller gets a 503; its idempotency key is what
 # makes its own retry safe.
@@ -110,6 +111,7 @@ class RedisStore:
         self._pool: aioredis.BlockingConnectionPool | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._batcher: CommandBatcher | None = None
+        self._batch_pool: aioredis.BlockingConnectionPool | None = None
         self._redis: aioredis.Redis | RedisCluster
         if url.startswith(CLUSTER_SCHEME):
             # Every script's keys share one hash tag, so each runs on one slot's primary.
@@ -129,12 +131,20 @@ class RedisStore:
                 max_connections=POOL_SIZE,
                 timeout=POOL_TIMEOUT_SECONDS,
                 socket_connect_timeout=2.0,
-                socket_timeout=5.0,
+                socket_timeout=REPLY_TIMEOUT_SECONDS,
                 health_check_interval=30,
                 retry=NO_RETRY,
             )
             self._redis = aioredis.Redis(connection_pool=self._pool)
-            self._batcher = CommandBatcher(self._pool)
+            self._batch_pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=POOL_SIZE,
+                timeout=POOL_TIMEOUT_SECONDS,
+                socket_connect_timeout=2.0,
+                health_check_interval=30,
+                retry=NO_RETRY,
+            )
+            self._batcher = CommandBatcher(self._batch_pool, deadline=REPLY_TIMEOUT_SECONDS)
         self._spend = self._redis.register_script(lua.SPEND)
         self._grant = self._redis.register_script(lua.GRANT)
         self._refund = self._redis.register_script(lua.REFUND)
@@ -194,6 +204,8 @@ class RedisStore:
     async def close(self) -> None:
         if self._batcher is not None:
             await self._batcher.aclose()
+        if self._batch_pool is not None:
+            await self._batch_pool.disconnect()
         await self._redis.aclose()
         if self._pool is not None:
             await self._pool.disconnect()

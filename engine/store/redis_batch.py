@@ -27,8 +27,12 @@ Pending = list[tuple[tuple[Any, ...], "asyncio.Future[Any]"]]
 
 
 class CommandBatcher:
-    def __init__(self, pool: aioredis.ConnectionPool) -> None:
+    """`pool` should have no socket timeout: one `deadline` bounds a whole batch instead of a
+    timer per reply (redis-py arms one for every read)."""
+
+    def __init__(self, pool: aioredis.ConnectionPool, deadline: float) -> None:
         self._pool = pool
+        self._deadline = deadline
         self._pending: Pending = []
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -57,16 +61,17 @@ class CommandBatcher:
             _fail(batch, exc)
             return
         try:
-            await connection.send_packed_command(
-                b"".join(hiredis.pack_command(command) for command, _ in batch)
-            )
-            for _, future in batch:
-                try:
-                    reply = await connection.read_response()
-                except ResponseError as exc:  # an error reply: this command's alone
-                    _settle(future, exc)
-                else:
-                    _settle(future, reply)
+            async with asyncio.timeout(self._deadline):
+                await connection.send_packed_command(
+                    b"".join(hiredis.pack_command(command) for command, _ in batch)
+                )
+                for _, future in batch:
+                    try:
+                        reply = await connection.read_response()
+                    except ResponseError as exc:  # an error reply: this command's alone
+                        _settle(future, exc)
+                    else:
+                        _settle(future, reply)
         except Exception as exc:  # the connection failed: the rest cannot be answered
             _fail(batch, exc)
             # Redis went away or restarted: the idle connections in the pool are as dead as
