@@ -119,13 +119,14 @@ class RedisStore:
                 "redis://" + url[len(CLUSTER_SCHEME) :],
                 max_connections=POOL_SIZE,
                 socket_connect_timeout=2.0,
-                socket_timeout=5.0,
+                socket_timeout=REPLY_TIMEOUT_SECONDS,
                 retry=NO_RETRY,
             )
             # The cluster client has no blocking pool: past `max_connections` it fails, so
             # commands wait their turn here instead.
             self._in_flight = asyncio.Semaphore(POOL_SIZE)
         else:
+            # Start-up checks, snapshots and script loads; requests go through the batcher.
             self._pool = aioredis.BlockingConnectionPool.from_url(
                 url,
                 max_connections=POOL_SIZE,
