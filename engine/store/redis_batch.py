@@ -23,7 +23,10 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-Pending = list[tuple[tuple[Any, ...], "asyncio.Future[Any]"]]
+from engine.store.loop_turn import Batch, TurnQueue
+
+Command = tuple[Any, ...]
+Pending = Batch[Command]
 
 
 class CommandBatcher:
@@ -33,23 +36,14 @@ class CommandBatcher:
     def __init__(self, pool: aioredis.ConnectionPool, deadline: float) -> None:
         self._pool = pool
         self._deadline = deadline
-        self._pending: Pending = []
-        self._scheduled = False
+        self._turn: TurnQueue[Command] = TurnQueue(self._flush)
         self._in_flight: set[asyncio.Task[None]] = set()
 
     async def call(self, *command: Any) -> Any:
         """Run one command; its raw reply (or its error) comes back to this caller alone."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((command, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return await future
+        return await self._turn.submit(command)
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        batch, self._pending = self._pending, []
+    def _flush(self, batch: Pending) -> None:
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)

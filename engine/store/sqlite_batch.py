@@ -25,11 +25,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from engine.store.loop_turn import Batch as LoopBatch
+from engine.store.loop_turn import TurnQueue
 from engine.store.protocol import StoreUnavailable
 
 Operation = Callable[[sqlite3.Connection], Any]
 Outcome = tuple[bool, Any]  # (succeeded, result or exception)
-Batch = list[tuple[Operation, "asyncio.Future[Any]"]]
+Batch = LoopBatch[Operation]
 
 
 def run_batch(conn: sqlite3.Connection, operations: list[Operation]) -> list[Outcome]:
@@ -92,8 +94,7 @@ class GroupCommitter:
         # Two descriptors, because flock belongs to an open file description: the loop and the
         # writer thread must each own theirs, or one would "hold" the lock the other took.
         self._lock_fds: dict[str, int] = {}
-        self._pending: Batch = []
-        self._scheduled = False
+        self._turn: TurnQueue[Operation] = TurnQueue(self._flush)
         self._handoffs: set[asyncio.Task[None]] = set()
 
     def _lock(self, holder: str) -> int:
@@ -108,17 +109,9 @@ class GroupCommitter:
         self._lock_fds.clear()
 
     async def submit(self, operation: Operation) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((operation, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return await future
+        return await self._turn.submit(operation)
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        batch, self._pending = self._pending, []
+    def _flush(self, batch: Batch) -> None:
         operations = [operation for operation, _ in batch]
         try:
             fcntl.flock(self._lock("loop"), fcntl.LOCK_EX | fcntl.LOCK_NB)
