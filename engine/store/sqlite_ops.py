@@ -31,6 +31,7 @@ from engine.timeutil import iso
 
 Connection = sqlite3.Connection
 ENTRY_COLUMNS = "id, user_id, action, delta, balance_after, request_id, ip, user_agent, at, reason"
+_APPEND = f"INSERT INTO ledger ({ENTRY_COLUMNS.removeprefix('id, ')}) VALUES (?,?,?,?,?,?,?,?,?)"
 _vend_receipt = msgspec.json.Decoder(VendReceipt)
 _grant_receipt = msgspec.json.Decoder(GrantReceipt)
 _encode = msgspec.json.encode
@@ -60,24 +61,8 @@ def _append(
     reason: str = "",
 ) -> AuditEntry:
     # No RETURNING: every column but the id is known here, and a RETURNING row costs a vend
-    # as much as the insert itself.
-    cursor = conn.execute(
-        "INSERT INTO ledger (user_id, action, delta, balance_after, request_id, ip, user_agent,"
-        " at, reason) VALUES (?,?,?,?,?,?,?,?,?)",
-        (
-            user_id,
-            action,
-            delta,
-            balance_after,
-            request_id,
-            context.ip,
-            context.user_agent,
-            at,
-            reason,
-        ),
-    )
-    return AuditEntry(
-        cursor.lastrowid or 0,
+    # as much as the insert itself.  `_APPEND` names ENTRY_COLUMNS after the id, in order.
+    values = (
         user_id,
         action,
         delta,
@@ -88,6 +73,8 @@ def _append(
         at,
         reason,
     )
+    cursor = conn.execute(_APPEND, values)
+    return AuditEntry(cursor.lastrowid or 0, *values)
 
 
 def _current_balance(conn: Connection, user_id: str) -> int:
