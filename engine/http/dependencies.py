@@ -36,8 +36,10 @@ class Caller:
         return self.rate.headers() if self.rate else {}
 
 
-def provide_services(state: State) -> Services:
-    services: Services = state.services
+def provide_services(request: AnyRequest) -> Services:
+    """From the app's state itself: asking Litestar for `state: State` builds a new `State`
+    (and its lock) on every request."""
+    services: Services = request.app.state.services
     return services
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-from litestar import Controller, Response, get
+from litestar import Controller, get
 from litestar.di import NamedDependency, Provide
+from litestar.types import ASGIApp
 from msgspec import UNSET
 
 from engine.errors import InvalidRequest
@@ -37,7 +38,7 @@ class AdminController(Controller):
     @get("/audit")
     async def audit(
         self, request: AnyRequest, admin: NamedDependency[None], services: NamedDependency[Services]
-    ) -> Response[bytes]:
+    ) -> ASGIApp:
         user_id = request.query_params.get("userId", "")
         if not USER_ID.fullmatch(user_id):
             raise InvalidRequest(

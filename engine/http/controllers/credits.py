@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, get, post
 from litestar.di import NamedDependency, Provide
+from litestar.types import ASGIApp
 
 from engine.domain.idempotency import client_key
 from engine.http.bodies import (
@@ -50,7 +51,7 @@ class CreditsController(Controller):
     @get("/balance", dependencies={"caller": Provide(provide_rate_limited_user)})
     async def balance(
         self, caller: NamedDependency[Caller], services: NamedDependency[Services]
-    ) -> Response[bytes]:
+    ) -> ASGIApp:
         """`main` mirrors `balance` because the app shows `main + bonus` as the credits."""
         view = await services.credits.balance(caller.principal.user_id)
         body = BalanceResponse(
@@ -64,7 +65,7 @@ class CreditsController(Controller):
     @post("/add", status_code=200, dependencies={"admin": Provide(provide_admin)})
     async def add(
         self, request: AnyRequest, admin: NamedDependency[None], services: NamedDependency[Services]
-    ) -> Response[bytes]:
+    ) -> ASGIApp:
         data = await decode_body(request, GrantRequest)
         key = client_key(data.client_request_id, request.headers.get("x-client-request-id"))
         granted = await services.credits.grant(
@@ -87,7 +88,7 @@ class CreditsController(Controller):
     @post("/refund", status_code=200, dependencies={"admin": Provide(provide_admin)})
     async def refund(
         self, request: AnyRequest, admin: NamedDependency[None], services: NamedDependency[Services]
-    ) -> Response[bytes]:
+    ) -> ASGIApp:
         data = await decode_body(request, RefundRequest)
         entry = await services.credits.refund(
             data.user_id, data.request_id, data.reason, context_of(request)

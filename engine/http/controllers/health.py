@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from litestar import Controller, Response, get
+from litestar import Controller, get
 from litestar.di import NamedDependency
+from litestar.types import ASGIApp
 
 from engine.http.bodies import (
     BreakerHealth,
@@ -29,7 +30,7 @@ class HealthController(Controller):
     path = "/health"
 
     @get("/")
-    async def health(self, services: NamedDependency[Services]) -> Response[bytes]:
+    async def health(self, services: NamedDependency[Services]) -> ASGIApp:
         """503 when the store does not answer, so a load balancer takes the process out."""
         started = time.perf_counter()
         reachable = await services.store.ping()
@@ -54,7 +55,7 @@ class HealthController(Controller):
         return json_response(body, status_code=200 if reachable else 503)
 
     @get("/services")
-    async def services_health(self, services: NamedDependency[Services]) -> Response[bytes]:
+    async def services_health(self, services: NamedDependency[Services]) -> ASGIApp:
         """The shape the mobile app reads: `connectivity.ttt`, else `ttt.status`."""
         ttt, snap = await services.monitor.verdict()
         body = ServiceHealthResponse(

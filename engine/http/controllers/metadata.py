@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Response, get
+from litestar import Controller, get
 from litestar.di import NamedDependency
+from litestar.types import ASGIApp
 
 from engine.domain.urls import normalise_tiktok_url
 from engine.errors import InvalidRequest
@@ -16,9 +17,7 @@ class MetadataController(Controller):
     path = "/meta"
 
     @get("/")
-    async def metadata(
-        self, request: AnyRequest, services: NamedDependency[Services]
-    ) -> Response[bytes]:
+    async def metadata(self, request: AnyRequest, services: NamedDependency[Services]) -> ASGIApp:
         url = request.query_params.get("url")
         if not url:
             raise InvalidRequest(

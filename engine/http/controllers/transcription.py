@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
+from litestar.types import ASGIApp
 
 from engine.domain.idempotency import client_key
 from engine.errors import Unauthorized
 from engine.http.bodies import TranscribeRequest
 from engine.http.dependencies import AnyRequest, bearer_token, decode_body
+from engine.http.responses import PreparedJSON
 from engine.services import Services
-
-
-def _reply(status_code: int, body: bytes, headers: dict[str, str]) -> Response[bytes]:
-    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
 
 
 class TranscriptionController(Controller):
     path = "/ttt"
 
     @post("/transcribe", status_code=202)
-    async def transcribe(
-        self, request: AnyRequest, services: NamedDependency[Services]
-    ) -> Response[bytes]:
+    async def transcribe(self, request: AnyRequest, services: NamedDependency[Services]) -> ASGIApp:
         token = bearer_token(request)
         if not services.tokens.is_vended(token):
             raise Unauthorized(
@@ -38,13 +34,15 @@ class TranscriptionController(Controller):
         headers = reply.rate.headers() if reply.rate else {}
         if reply.replayed:
             headers["Idempotent-Replayed"] = "true"
-        return _reply(reply.status_code, reply.body, headers)
+        return PreparedJSON(reply.body, reply.status_code, headers)
 
     @get("/status/{job_id:str}")
     async def status(
         self, request: AnyRequest, job_id: FromPath[str], services: NamedDependency[Services]
-    ) -> Response[bytes]:
+    ) -> ASGIApp:
         """Takes the vended token or the user's own token: polling outlives the 15 minutes."""
         principal = services.tokens.verify_either(bearer_token(request))
         reply = await services.transcription.status(principal, job_id)
-        return _reply(reply.status_code, reply.body, reply.rate.headers() if reply.rate else {})
+        return PreparedJSON(
+            reply.body, reply.status_code, reply.rate.headers() if reply.rate else None
+        )
