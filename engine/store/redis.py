@@ -12,10 +12,10 @@ server; nothing is read into Python and written back.  Key layout (see the READM
     claim:<name>            str   owner of a claim (e.g. a vended token's jti)
     cache:<key>             str   cached value
 
-On a single Redis the commands of one event-loop turn share one pipeline (`CommandBatcher`),
-which divides redis-py's per-command cost among them; its connections come from a *blocking*
-pool, so past its size a request waits (up to a timeout) instead of failing.  A cluster client
-sends each command alone to its slot's primary.  Nothing is retried automatically (`NO_RETRY`).
+On a single Redis every request's command goes out on one long-lived, auto-pipelined
+connection (`CommandBatcher`); redis-py's own pool serves start-up checks, snapshots and script
+loads.  A cluster client sends each command alone to its slot's primary.  Nothing is retried
+automatically (`NO_RETRY`).
 """
 
 from __future__ import annotations
@@ -111,7 +111,6 @@ class RedisStore:
         self._pool: aioredis.BlockingConnectionPool | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._batcher: CommandBatcher | None = None
-        self._batch_pool: aioredis.BlockingConnectionPool | None = None
         self._redis: aioredis.Redis | RedisCluster
         if url.startswith(CLUSTER_SCHEME):
             # Every script's keys share one hash tag, so each runs on one slot's primary.
@@ -137,15 +136,7 @@ class RedisStore:
                 retry=NO_RETRY,
             )
             self._redis = aioredis.Redis(connection_pool=self._pool)
-            self._batch_pool = aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=POOL_SIZE,
-                timeout=POOL_TIMEOUT_SECONDS,
-                socket_connect_timeout=2.0,
-                health_check_interval=30,
-                retry=NO_RETRY,
-            )
-            self._batcher = CommandBatcher(self._batch_pool, deadline=REPLY_TIMEOUT_SECONDS)
+            self._batcher = CommandBatcher(url, deadline=REPLY_TIMEOUT_SECONDS)
         self._spend = self._redis.register_script(lua.SPEND)
         self._grant = self._redis.register_script(lua.GRANT)
         self._refund = self._redis.register_script(lua.REFUND)
@@ -205,8 +196,6 @@ class RedisStore:
     async def close(self) -> None:
         if self._batcher is not None:
             await self._batcher.aclose()
-        if self._batch_pool is not None:
-            await self._batch_pool.disconnect()
         await self._redis.aclose()
         if self._pool is not None:
             await self._pool.disconnect()

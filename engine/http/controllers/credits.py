@@ -20,6 +20,7 @@ from engine.http.dependencies import (
     Caller,
     context_of,
     decode_body,
+    header,
     provide_admin,
     provide_rate_limited_user,
 )
@@ -67,7 +68,7 @@ class CreditsController(Controller):
         self, request: AnyRequest, admin: NamedDependency[None], services: NamedDependency[Services]
     ) -> ASGIApp:
         data = await decode_body(request, GrantRequest)
-        key = client_key(data.client_request_id, request.headers.get("x-client-request-id"))
+        key = client_key(data.client_request_id, header(request, b"x-client-request-id"))
         granted = await services.credits.grant(
             data.user_id, data.amount, data.reason, client_key=key, context=context_of(request)
         )

@@ -10,7 +10,7 @@ from litestar.types import ASGIApp
 from engine.domain.idempotency import client_key
 from engine.errors import Unauthorized
 from engine.http.bodies import TranscribeRequest
-from engine.http.dependencies import AnyRequest, bearer_token, decode_body
+from engine.http.dependencies import AnyRequest, bearer_token, decode_body, header
 from engine.http.responses import PreparedJSON
 from engine.services import Services
 
@@ -29,7 +29,7 @@ class TranscriptionController(Controller):
             )
         principal = services.tokens.verify_vended(token)
         data = await decode_body(request, TranscribeRequest)
-        key = client_key(data.client_request_id, request.headers.get("x-client-request-id"))
+        key = client_key(data.client_request_id, header(request, b"x-client-request-id"))
         reply = await services.transcription.submit(principal, data.url, key)
         headers = reply.rate.headers() if reply.rate else {}
         if reply.replayed:

@@ -14,6 +14,7 @@ from engine.http.dependencies import (
     bearer_token,
     context_of,
     decode_body,
+    header,
     provide_services,
 )
 from engine.http.responses import json_response
@@ -35,7 +36,7 @@ class VendController(Controller):
         services = provide_services(request)
         user = services.tokens.verify_user(bearer_token(request))
         data = await decode_body(request, VendRequest)
-        key = client_key(data.client_request_id, request.headers.get("x-client-request-id"))
+        key = client_key(data.client_request_id, header(request, b"x-client-request-id"))
         vended = await services.credits.vend(
             user, client_key=key, claimed_user_id=data.user_id, context=context_of(request)
         )
