@@ -6,7 +6,7 @@ here and written back.
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +41,8 @@ Clock = Callable[[], float]
 
 
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(16)
+    # `os.urandom` is what `secrets.token_hex` calls, without its three Python layers.
+    return "req_" + os.urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,17 +9,17 @@ neither kind is accepted where the other is required.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import hmac
+import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 import msgspec
-from jwt.utils import base64url_encode
 
 from engine.config import Settings
 from engine.errors import Forbidden, Unauthorized
@@ -52,6 +52,14 @@ class MintedToken:
     expires_at: int
 
 
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _base64url(data: bytes) -> bytes:
+    """Unpadded base64url, as JWS wants it, in one C call and one translate."""
+    return binascii.b2a_base64(data, newline=False).translate(_URL_SAFE).rstrip(b"=")
+
+
 class _HS256Signer:
     """HS256 compact JWS, its key checked and its header encoded once.
 
@@ -64,14 +72,14 @@ class _HS256Signer:
     def __init__(self, key: bytes, headers: dict[str, str]) -> None:
         checked = jwt.PyJWS().get_algorithm_by_name("HS256").prepare_key(key)
         self._keyed = hmac.new(checked, digestmod=hashlib.sha256)
-        self._header = base64url_encode(msgspec.json.encode({"alg": "HS256", **headers}))
+        self._header = _base64url(msgspec.json.encode({"alg": "HS256", **headers}))
 
     def sign(self, claims: bytes) -> str:
-        signing_input = self._header + b"." + base64url_encode(claims)
+        signing_input = self._header + b"." + _base64url(claims)
         mac = self._keyed.copy()
         mac.update(signing_input)
         signature = mac.digest()
-        return (signing_input + b"." + base64url_encode(signature)).decode()
+        return (signing_input + b"." + _base64url(signature)).decode()
 
 
 def _scopes(raw: Any) -> frozenset[str]:
@@ -117,7 +125,7 @@ class TokenAuthority:
 
     def mint_vended(self, user_id: str, now: float) -> MintedToken:
         issued = int(now)
-        jti = secrets.token_hex(16)
+        jti = os.urandom(16).hex()  # what `secrets.token_hex` does, minus its Python layers
         expires_at = issued + self._vend_ttl
         claims = {
             "iss": VEND_ISSUER,
