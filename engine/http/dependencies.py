@@ -76,11 +76,6 @@ def context_of(request: AnyRequest) -> Context:
     )
 
 
-def provide_user(request: AnyRequest, services: NamedDependency[Services]) -> UserPrincipal:
-    """Synchronous on purpose: verification is CPU-only, so no coroutine is needed."""
-    return services.tokens.verify_user(bearer_token(request))
-
-
 async def provide_rate_limited_user(
     request: AnyRequest, services: NamedDependency[Services]
 ) -> Caller:

@@ -153,9 +153,7 @@ class _Wire(asyncio.Protocol):
             try:
                 reply = self._replies.gets()
             except hiredis.ProtocolError as exc:  # out of step: no later reply can be trusted
-                self.open = False
-                self._fail_waiting(RedisConnectionError(f"Redis protocol error: {exc}"))
-                self.close()
+                self._abandon(RedisConnectionError(f"Redis protocol error: {exc}"))
                 return
             if reply is False:
                 return
@@ -186,11 +184,14 @@ class _Wire(asyncio.Protocol):
         if not self._waiting:
             return
         if self._answered == answered_then:
-            self.open = False
-            self._fail_waiting(RedisTimeoutError("Redis did not reply in time"))
-            self.close()
+            self._abandon(RedisTimeoutError("Redis did not reply in time"))
             return
         self._arm_watchdog(self._answered)
+
+    def _abandon(self, exc: Exception) -> None:
+        """Fail what is waiting and close: the next command opens a new connection."""
+        self.close()
+        self._fail_waiting(exc)
 
     def _fail_waiting(self, exc: Exception) -> None:
         waiting, self._waiting = self._waiting, deque()

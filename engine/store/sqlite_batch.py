@@ -97,8 +97,9 @@ class GroupCommitter:
         self._threaded = threaded
         self._pool = pool
         self._lock_path = lock_path
-        # Two descriptors, because flock belongs to an open file description: the loop and the
-        # writer thread must each own theirs, or one would "hold" the lock the other took.
+        # One descriptor per holder (the loop, the writer thread, a checkpoint's pause), because
+        # flock belongs to an open file description: sharing one, a holder would "hold" the lock
+        # another took.
         self._lock_fds: dict[str, int] = {}
         self._turn: TurnQueue[Operation] = TurnQueue(self._flush)
         self._handoffs: set[asyncio.Task[None]] = set()
@@ -111,15 +112,18 @@ class GroupCommitter:
         return fd
 
     @contextlib.contextmanager
-    def writers_paused(self) -> Iterator[None]:
-        """Hold the writers' flock (blocking: call from a thread) so that no process commits
-        meanwhile; their batches wait a few loop turns."""
-        fd = self._lock("pause")
+    def _holding(self, holder: str) -> Iterator[None]:
+        """The writers' flock, waited for in the kernel: call from a thread."""
+        fd = self._lock(holder)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def writers_paused(self) -> contextlib.AbstractContextManager[None]:
+        """No process commits while this is held; their batches wait a few loop turns."""
+        return self._holding("pause")
 
     def close(self) -> None:
         for fd in self._lock_fds.values():
@@ -173,11 +177,8 @@ class GroupCommitter:
         operations = [operation for operation, _ in batch]
 
         def locked() -> list[Outcome]:
-            fcntl.flock(self._lock("thread"), fcntl.LOCK_EX)
-            try:
+            with self._holding("thread"):
                 return run_batch(self._threaded(), operations)
-            finally:
-                fcntl.flock(self._lock("thread"), fcntl.LOCK_UN)
 
         try:
             outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, locked)
