@@ -4,7 +4,8 @@ mixes failures; a restarted Redis costs at most one failed batch; a silent one, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import functools
+from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,7 +26,7 @@ async def test_replies_go_to_their_own_callers(redis_url: str) -> None:
         # Turns whose batches overlap in flight on the one connection stay in step too.
         replies = await asyncio.gather(
             *(
-                _after_turns(turn, batcher.call("GET", f"batch:{i}"))
+                _after_turns(turn, functools.partial(batcher.call, "GET", f"batch:{i}"))
                 for turn in range(8)
                 for i in range(30)
             )
@@ -100,14 +101,19 @@ async def test_a_restarted_redis_costs_at_most_one_failed_batch() -> None:
             await batcher.aclose()
 
 
-async def _after_turns(turns: int, command: Awaitable[object]) -> object:
+async def _after_turns(turns: int, command: Callable[[], Awaitable[object]]) -> object:
+    """`command` queued `turns` event-loop turns from now (a call queues when it is made)."""
     for _ in range(turns):
         await asyncio.sleep(0)  # a yield to the loop, not a wait
-    return await command
+    return await command()
 
 
 async def _pings_over_turns(batcher: CommandBatcher, turns: int) -> list[object]:
     """Five PINGs queued in each of `turns` event-loop turns: one batch per turn."""
     return await asyncio.gather(
-        *(_after_turns(turn, batcher.call("PING")) for turn in range(turns) for _ in range(5))
+        *(
+            _after_turns(turn, functools.partial(batcher.call, "PING"))
+            for turn in range(turns)
+            for _ in range(5)
+        )
     )

@@ -213,6 +213,7 @@ class RedisStore:
         start = order.now - order.now % rate.window_seconds if rate else 0.0
         reset_at = start + rate.window_seconds if rate else 0.0
         window_key = _window_key(rate.subject, start) if rate else user + ":rl:-"
+        at = iso(order.now)
         status, payload, counted = await self._run(
             self._spend,
             [
@@ -230,7 +231,7 @@ class RedisStore:
                 order.client_request_id or "",
                 order.context.ip,
                 order.context.user_agent,
-                iso(order.now),
+                at,
                 *_idem_args(idem),
                 rate.limit if rate else 0,
                 _ms(reset_at),
@@ -238,10 +239,21 @@ class RedisStore:
         )
         status = _text(status)
         window = WindowCount(int(counted), reset_at) if rate else None
-        if status in ("charged", "replayed"):
+        if status == "replayed":
             receipt = _vend_receipt.decode(payload)
             return SpendOutcome(status, receipt.balance_after, receipt, window)
-        return SpendOutcome(status, int(payload), window=window)
+        balance = int(payload)
+        if status == "charged":
+            receipt = VendReceipt(
+                order.request_id,
+                order.token,
+                order.expires_at,
+                balance,
+                order.client_request_id,
+                at,
+            )
+            return SpendOutcome(status, balance, receipt, window)
+        return SpendOutcome(status, balance, window=window)
 
     async def grant(self, order: GrantOrder) -> GrantOutcome:
         user, idem = _user(order.user_id), order.idempotency

@@ -49,9 +49,9 @@ class CommandBatcher:
         self._connecting: asyncio.Task[_Wire] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def call(self, *command: Any) -> Any:
-        """Run one command; its raw reply (or its error) comes back to this caller alone."""
-        return await self._turn.submit(command)
+    def call(self, *command: Any) -> asyncio.Future[Any]:
+        """Queue one command; its raw reply (or its error) comes back to this caller alone."""
+        return self._turn.submit(command)
 
     def _flush(self, batch: Pending) -> None:
         wire = self._wire

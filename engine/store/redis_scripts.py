@@ -25,7 +25,9 @@ end
 
 # KEYS: balance, ledger, vends, idempotency, rate window.  ARGV: user, request_id, token,
 # expires_at, client_request_id, ip, ua, at, use_idem, fingerprint, idem_expires_at_ms,
-# rate_limit (0 = off), window_reset_at_ms.  Returns {status, payload, window count}.
+# rate_limit (0 = off), window_reset_at_ms.  Returns {status, payload, window count}: the
+# payload is the stored receipt for a replay, else the balance (the caller, who sent every
+# other field of a new receipt, builds it rather than parse it back).
 SPEND = (
     _APPEND
     + """
@@ -64,7 +66,7 @@ if ARGV[9] == '1' then
   redis.call('HSET', KEYS[4], 'fp', ARGV[10], 'body', receipt)
   redis.call('PEXPIREAT', KEYS[4], ARGV[11])
 end
-return {'charged', receipt, window}
+return {'charged', tostring(after), window}
 """
 )
 

@@ -130,8 +130,8 @@ class GroupCommitter:
             os.close(fd)
         self._lock_fds.clear()
 
-    async def submit(self, operation: Operation) -> Any:
-        return await self._turn.submit(operation)
+    def submit(self, operation: Operation) -> asyncio.Future[Any]:
+        return self._turn.submit(operation)
 
     def _flush(self, batch: Batch) -> None:
         operations = [operation for operation, _ in batch]

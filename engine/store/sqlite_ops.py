@@ -83,16 +83,23 @@ def _current_balance(conn: Connection, user_id: str) -> int:
 
 
 def count(conn: Connection, subject: str, window_seconds: int, now: float) -> WindowCount:
+    # Read, then write: the caller's transaction holds the write lock, so nothing comes between.
+    # An upsert `RETURNING count` would do it in one statement, but SQLite collects RETURNING
+    # rows in a temporary b-tree that it builds and drops on every execution, which costs more
+    # than the two statements together.
     start = now - now % window_seconds
     reset_at = start + window_seconds
-    (count,) = one(
+    key = f"rl:{subject}@{int(start)}"
+    row = one(conn.execute("SELECT count FROM windows WHERE key = ?", (key,)))
+    if row is None:
+        counted = 1
         conn.execute(
-            "INSERT INTO windows (key, count, expires_at) VALUES (?, 1, ?)"
-            " ON CONFLICT (key) DO UPDATE SET count = count + 1 RETURNING count",
-            (f"rl:{subject}@{int(start)}", reset_at),
+            "INSERT INTO windows (key, count, expires_at) VALUES (?, 1, ?)", (key, reset_at)
         )
-    )
-    return WindowCount(int(count), reset_at)
+    else:
+        counted = int(row[0]) + 1
+        conn.execute("UPDATE windows SET count = ? WHERE key = ?", (counted, key))
+    return WindowCount(counted, reset_at)
 
 
 def stored_response(conn: Connection, scope: str, key: str, now: float) -> StoredResponse | None:
@@ -141,15 +148,9 @@ def spend(conn: Connection, order: VendOrder) -> SpendOutcome:
                 return SpendOutcome("key_conflict", _current_balance(conn, order.user_id))
             receipt = _vend_receipt.decode(stored.body)
             return SpendOutcome("replayed", receipt.balance_after, receipt, window)
-    row = one(
-        conn.execute(
-            "UPDATE accounts SET balance = balance - 1, updated_at = ?"
-            " WHERE user_id = ? AND balance > 0 RETURNING balance",
-            (at, order.user_id),
-        )
-    )
-    if row is None:
-        balance = _current_balance(conn, order.user_id)
+    # Read, then write, for the reason `count` gives.
+    balance = _current_balance(conn, order.user_id)
+    if balance <= 0:
         _append(
             conn,
             order.user_id,
@@ -162,7 +163,14 @@ def spend(conn: Connection, order: VendOrder) -> SpendOutcome:
             "insufficient_credits",
         )
         return SpendOutcome("insufficient", balance, window=window)
-    balance = int(row[0])
+    charged = conn.execute(
+        "UPDATE accounts SET balance = balance - 1, updated_at = ?"
+        " WHERE user_id = ? AND balance > 0",
+        (at, order.user_id),
+    )
+    if charged.rowcount != 1:
+        raise RuntimeError("spend ran outside its write transaction")
+    balance -= 1
     _append(conn, order.user_id, Action.VEND, -1, balance, order.request_id, order.context, at)
     receipt = VendReceipt(
         order.request_id, order.token, order.expires_at, balance, order.client_request_id, at
