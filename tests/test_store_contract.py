@@ -228,4 +228,11 @@ def test_sqlite_schema_refuses_ledger_edits_and_negative_balances(tmp_path: obje
         conn.execute("DELETE FROM ledger")
     with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
         conn.execute("UPDATE accounts SET balance = -1")
+    append = (
+        "INSERT INTO ledger (user_id, action, delta, balance_after, request_id, ip, user_agent, at)"
+        " VALUES ('ann', ?, 0, 1, 'r', '', '', '')"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        conn.execute(append, ("gift",))
+    conn.execute(append, ("vend_refused",))  # every real action still passes
     conn.close()

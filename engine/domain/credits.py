@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import msgspec
 
@@ -45,15 +44,13 @@ def new_request_id() -> str:
     return "req_" + os.urandom(16).hex()
 
 
-@dataclass(frozen=True, slots=True)
-class Vended:
+class Vended(msgspec.Struct, frozen=True):
     receipt: VendReceipt
     replayed: bool
     rate: RateState | None
 
 
-@dataclass(frozen=True, slots=True)
-class Granted:
+class Granted(msgspec.Struct, frozen=True):
     receipt: GrantReceipt
     replayed: bool
 

@@ -8,7 +8,8 @@ trip per vend); other requests count with `hit`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+import msgspec
 
 from engine.errors import RateLimited
 from engine.store.protocol import Store
@@ -18,8 +19,7 @@ WINDOW_SECONDS = 60
 POLICY_NAME = "per-user"
 
 
-@dataclass(frozen=True, slots=True)
-class RateState:
+class RateState(msgspec.Struct, frozen=True):
     limit: int
     remaining: int
     reset_seconds: int

@@ -15,7 +15,6 @@ import hmac
 import os
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -32,21 +31,18 @@ VERIFIED_CACHE_SIZE = 50_000
 _SUBJECT = re.compile(r"^[A-Za-z0-9._:@|+-]{1,128}$")
 
 
-@dataclass(frozen=True, slots=True)
-class UserPrincipal:
+class UserPrincipal(msgspec.Struct, frozen=True):
     user_id: str
     scopes: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True)
-class VendedPrincipal:
+class VendedPrincipal(msgspec.Struct, frozen=True):
     user_id: str
     jti: str
     expires_at: int
 
 
-@dataclass(frozen=True, slots=True)
-class MintedToken:
+class MintedToken(msgspec.Struct, frozen=True):
     token: str
     jti: str
     expires_at: int

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -43,8 +42,7 @@ JOB_RETENTION_SECONDS = 7 * 24 * 3600
 _JOB_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
-@dataclass(frozen=True, slots=True)
-class JobReply:
+class JobReply(msgspec.Struct, frozen=True):
     status_code: int
     body: bytes
     replayed: bool

@@ -7,7 +7,6 @@ for (`user`, `rate_limited_user`, `admin`) and never parses a header itself.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -25,8 +24,7 @@ T = TypeVar("T")
 AnyRequest = Request[Any, Any, State]
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
+class Caller(msgspec.Struct, frozen=True):
     """An authenticated user whose request was counted against the rate limit."""
 
     principal: UserPrincipal
