@@ -87,6 +87,22 @@ async def test_replayed_key_returns_the_first_receipt_and_charges_once(store: St
     assert (await store.balance("ann")).balance == 4
 
 
+async def test_a_replay_outlives_the_balance_and_a_refusal_is_not_remembered(
+    store: Store,
+) -> None:
+    await store.grant(grant("ann", 1))
+    spent_key, refused_key = idem("user:ann|vend-token", "k1"), idem("user:ann|vend-token", "k2")
+    first = await store.spend(vend("ann", "r1", spent_key))
+    again = await store.spend(vend("ann", "r2", spent_key))  # the balance is 0 by now
+    assert (first.status, again.status) == ("charged", "replayed")
+    assert again.receipt == first.receipt
+    assert (await store.spend(vend("ann", "r3", refused_key))).status == "insufficient"
+    await store.grant(grant("ann", 1, "g2"))
+    retried = await store.spend(vend("ann", "r4", refused_key))
+    assert retried.status == "charged" and retried.receipt and retried.receipt.request_id == "r4"
+    assert verify(await store.snapshot()).ok
+
+
 async def test_key_with_another_fingerprint_is_a_conflict(store: Store) -> None:
     await store.grant(grant("ann", 5))
     await store.spend(vend("ann", "r1", idem("s", "k", "one")))

@@ -83,10 +83,7 @@ def _current_balance(conn: Connection, user_id: str) -> int:
 
 
 def count(conn: Connection, subject: str, window_seconds: int, now: float) -> WindowCount:
-    # Read, then write: the caller's transaction holds the write lock, so nothing comes between.
-    # An upsert `RETURNING count` would do it in one statement, but SQLite collects RETURNING
-    # rows in a temporary b-tree that it builds and drops on every execution, which costs more
-    # than the two statements together.
+    # Read, then write, as `spend` explains.
     start = now - now % window_seconds
     reset_at = start + window_seconds
     key = f"rl:{subject}@{int(start)}"
@@ -121,7 +118,30 @@ def store_response(conn: Connection, key: IdempotencyKey, status: int, body: byt
     )
 
 
+def _claim_response(conn: Connection, key: IdempotencyKey, body: bytes, now: float) -> bool:
+    """Store `body` as the key's 200 unless a live response holds the key; True if stored.
+
+    One statement where a lookup and an insert would be two: the insert is the lookup.
+    """
+    claimed = conn.execute(
+        "INSERT INTO responses (scope, key, fingerprint, status_code, body, expires_at)"
+        " VALUES (?,?,?,200,?,?) ON CONFLICT (scope, key) DO UPDATE SET"
+        " fingerprint = excluded.fingerprint, status_code = excluded.status_code,"
+        " body = excluded.body, expires_at = excluded.expires_at"
+        " WHERE responses.expires_at <= ?",
+        (key.scope, key.key, key.fingerprint, body, key.expires_at, now),
+    )
+    return claimed.rowcount == 1
+
+
 def spend(conn: Connection, order: VendOrder) -> SpendOutcome:
+    """Count the window, then answer from the key's stored response, else charge or refuse.
+
+    Reads, then writes: the caller's transaction holds the write lock, so nothing comes
+    between.  Each of `UPDATE ... RETURNING` and an upsert `RETURNING` would be one statement,
+    but SQLite collects RETURNING rows in a temporary b-tree it builds and drops on every
+    execution, which costs more than the separate read.
+    """
     at = iso(order.now)
     window = None
     if order.rate is not None:
@@ -140,17 +160,30 @@ def spend(conn: Connection, order: VendOrder) -> SpendOutcome:
                 "rate_limit_exceeded",
             )
             return SpendOutcome("rate_limited", balance, window=window)
+    balance = _current_balance(conn, order.user_id)
+    receipt = None
+    if balance > 0:
+        receipt = VendReceipt(
+            order.request_id,
+            order.token,
+            order.expires_at,
+            balance - 1,
+            order.client_request_id,
+            at,
+        )
     key = order.idempotency
     if key is not None:
-        stored = stored_response(conn, key.scope, key.key, order.now)
-        if stored is not None:
-            if stored.fingerprint != key.fingerprint:
-                return SpendOutcome("key_conflict", _current_balance(conn, order.user_id))
-            receipt = _vend_receipt.decode(stored.body)
-            return SpendOutcome("replayed", receipt.balance_after, receipt, window)
-    # Read, then write, for the reason `count` gives.
-    balance = _current_balance(conn, order.user_id)
-    if balance <= 0:
+        # A charge stores its receipt up front (rolled back with it if anything fails); a
+        # refusal stores nothing, so it only looks.
+        claimed = receipt is not None and _claim_response(conn, key, _encode(receipt), order.now)
+        if not claimed:
+            stored = stored_response(conn, key.scope, key.key, order.now)
+            if stored is not None:
+                if stored.fingerprint != key.fingerprint:
+                    return SpendOutcome("key_conflict", balance)
+                replayed = _vend_receipt.decode(stored.body)
+                return SpendOutcome("replayed", replayed.balance_after, replayed, window)
+    if receipt is None:
         _append(
             conn,
             order.user_id,
@@ -170,14 +203,8 @@ def spend(conn: Connection, order: VendOrder) -> SpendOutcome:
     )
     if charged.rowcount != 1:
         raise RuntimeError("spend ran outside its write transaction")
-    balance -= 1
-    _append(conn, order.user_id, Action.VEND, -1, balance, order.request_id, order.context, at)
-    receipt = VendReceipt(
-        order.request_id, order.token, order.expires_at, balance, order.client_request_id, at
-    )
-    if key is not None:
-        store_response(conn, key, 200, _encode(receipt))
-    return SpendOutcome("charged", balance, receipt, window)
+    _append(conn, order.user_id, Action.VEND, -1, balance - 1, order.request_id, order.context, at)
+    return SpendOutcome("charged", balance - 1, receipt, window)
 
 
 def grant(conn: Connection, order: GrantOrder) -> GrantOutcome:
