@@ -68,6 +68,20 @@ async def test_grant_then_spend_moves_exactly_one_credit(store: Store) -> None:
     assert actions == [("grant", 3, 3), ("vend", -1, 2)]
 
 
+async def test_audit_text_survives_any_characters(store: Store) -> None:
+    odd = 'quote " backslash \\ slash / tab \t unicode é 🎧'
+    context = Context(ip="::1", user_agent=odd)
+    await store.grant(GrantOrder("ann", 2, "g-odd", odd, None, context, time.time()))
+    await store.spend(VendOrder("ann", "v-odd", "t", 0, None, None, context, time.time()))
+    await store.refund(RefundOrder("ann", "v-odd", odd, context, time.time()))
+    trail = await store.audit("ann", 10, 0)
+    assert [(e.action, e.reason, e.user_agent, e.ip) for e in trail] == [
+        ("grant", odd, odd, "::1"),
+        ("vend", "", odd, "::1"),
+        ("refund", odd, odd, "::1"),
+    ]
+
+
 async def test_concurrent_spends_never_overdraw(store: Store) -> None:
     await store.grant(grant("ann", 10))
     outcomes = await asyncio.gather(*(store.spend(vend("ann", f"r{i}")) for i in range(40)))

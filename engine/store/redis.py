@@ -40,6 +40,7 @@ from engine.store.protocol import StoreUnavailable
 from engine.store.records import (
     AuditEntry,
     BalanceView,
+    Context,
     GrantOrder,
     GrantOutcome,
     GrantReceipt,
@@ -60,6 +61,7 @@ log = logging.getLogger("engine.store.redis")
 _entry = msgspec.json.Decoder(AuditEntry)
 _vend_receipt = msgspec.json.Decoder(VendReceipt)
 _grant_receipt = msgspec.json.Decoder(GrantReceipt)
+_encode = msgspec.json.encode
 POOL_SIZE = 64
 CLUSTER_SCHEME = "redis+cluster://"
 POOL_TIMEOUT_SECONDS = 5.0
@@ -90,6 +92,20 @@ def _idem_args(key: IdempotencyKey | None) -> list[str | int]:
 def _window_key(subject: str, start: float) -> str:
     """In the subject's slot, so a vend can count itself inside its spend script."""
     return f"{_user(subject)}:rl:{int(start)}"
+
+
+def _entry_fields(user_id: str, request_id: str, context: Context, at: str) -> bytes:
+    """A ledger entry's members the caller knows, as JSON for the script to wrap (see
+    `redis_scripts._APPEND`)."""
+    return _encode(
+        {
+            "userId": user_id,
+            "requestId": request_id,
+            "ip": context.ip,
+            "userAgent": context.user_agent,
+            "at": at,
+        }
+    )[1:-1]
 
 
 def _ms(epoch_seconds: float) -> int:
@@ -214,6 +230,17 @@ class RedisStore:
         reset_at = start + rate.window_seconds if rate else 0.0
         window_key = _window_key(rate.subject, start) if rate else user + ":rl:-"
         at = iso(order.now)
+        receipt_head = b""
+        if idem is not None:  # the script adds balance_after and the closing brace
+            receipt_head = _encode(
+                {
+                    "request_id": order.request_id,
+                    "token": order.token,
+                    "expires_at": order.expires_at,
+                    "client_request_id": order.client_request_id,
+                    "at": at,
+                }
+            )[:-1]
         status, payload, counted = await self._run(
             self._spend,
             [
@@ -224,13 +251,9 @@ class RedisStore:
                 window_key,
             ],
             [
-                order.user_id,
+                _entry_fields(order.user_id, order.request_id, order.context, at),
                 order.request_id,
-                order.token,
-                order.expires_at,
-                order.client_request_id or "",
-                order.context.ip,
-                order.context.user_agent,
+                receipt_head,
                 at,
                 *_idem_args(idem),
                 rate.limit if rate else 0,
@@ -256,7 +279,7 @@ class RedisStore:
         return SpendOutcome(status, balance, window=window)
 
     async def grant(self, order: GrantOrder) -> GrantOutcome:
-        user, idem = _user(order.user_id), order.idempotency
+        user, idem, at = _user(order.user_id), order.idempotency, iso(order.now)
         status, payload = await self._run(
             self._grant,
             [user + ":bal", user + ":ledger", _idem_key(order.user_id, idem)],
@@ -265,9 +288,8 @@ class RedisStore:
                 order.amount,
                 order.request_id,
                 order.reason,
-                order.context.ip,
-                order.context.user_agent,
-                iso(order.now),
+                _entry_fields(order.user_id, order.request_id, order.context, at),
+                at,
                 *_idem_args(idem),
             ],
         )
@@ -277,17 +299,15 @@ class RedisStore:
         return GrantOutcome(status, _grant_receipt.decode(payload))
 
     async def refund(self, order: RefundOrder) -> RefundOutcome:
-        user = _user(order.user_id)
+        user, at = _user(order.user_id), iso(order.now)
         status, payload = await self._run(
             self._refund,
             [user + ":bal", user + ":ledger", user + ":vends"],
             [
-                order.user_id,
                 order.vend_request_id,
                 order.reason,
-                order.context.ip,
-                order.context.user_agent,
-                iso(order.now),
+                _entry_fields(order.user_id, order.vend_request_id, order.context, at),
+                at,
             ],
         )
         status = _text(status)

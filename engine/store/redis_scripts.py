@@ -8,13 +8,15 @@ position, so ids are unique and ordered *per user* (SQLite's are global).
 from __future__ import annotations
 
 # Shared by the scripts that write the ledger.  KEYS[1] balance hash, KEYS[2] ledger list.
+# `reason` is a JSON string; `fields` the entry's userId, requestId, ip, userAgent and at as JSON
+# members the caller encoded.  Entries and receipts are concatenated, not `cjson.encode`d: the
+# scripts run on Redis's one thread, and encoding two tables took a third of a vend's script.
 _APPEND = """
-local function append(action, delta, balance_after, request_id, ip, ua, at, reason)
+local function append(action, delta, balance_after, reason, fields)
   -- The script is atomic, so the next position is the entry's id.
   local id = redis.call('LLEN', KEYS[2]) + 1
-  local entry = cjson.encode({id = id, userId = ARGV[1], action = action, delta = delta,
-    balanceAfter = balance_after, requestId = request_id, ip = ip, userAgent = ua, at = at,
-    reason = reason})
+  local entry = '{"id":' .. id .. ',"action":"' .. action .. '","delta":' .. delta
+    .. ',"balanceAfter":' .. balance_after .. ',"reason":' .. reason .. ',' .. fields .. '}'
   redis.call('RPUSH', KEYS[2], entry)
   return entry
 end
@@ -23,90 +25,84 @@ local function balance()
 end
 """
 
-# KEYS: balance, ledger, vends, idempotency, rate window.  ARGV: user, request_id, token,
-# expires_at, client_request_id, ip, ua, at, use_idem, fingerprint, idem_expires_at_ms,
-# rate_limit (0 = off), window_reset_at_ms.  Returns {status, payload, window count}: the
-# payload is the stored receipt for a replay, else the balance (the caller, who sent every
-# other field of a new receipt, builds it rather than parse it back).
+# KEYS: balance, ledger, vends, idempotency, rate window.  ARGV: entry fields, request_id,
+# receipt head (the receipt's JSON but its balance_after and closing brace), at, use_idem,
+# fingerprint, idem_expires_at_ms, rate_limit (0 = off), window_reset_at_ms.
+# Returns {status, payload, window count}: the payload is the stored receipt for a replay,
+# else the balance (the caller, who sent every other field of a new receipt, builds it).
 SPEND = (
     _APPEND
     + """
 local window = 0
-if tonumber(ARGV[12]) > 0 then
+if tonumber(ARGV[8]) > 0 then
   window = redis.call('INCR', KEYS[5])
-  if window == 1 then redis.call('PEXPIREAT', KEYS[5], ARGV[13]) end
-  if window > tonumber(ARGV[12]) then
-    append('vend_rate_limited', 0, balance(), ARGV[2], ARGV[6], ARGV[7], ARGV[8],
-           'rate_limit_exceeded')
+  if window == 1 then redis.call('PEXPIREAT', KEYS[5], ARGV[9]) end
+  if window > tonumber(ARGV[8]) then
+    append('vend_rate_limited', 0, balance(), '"rate_limit_exceeded"', ARGV[1])
     return {'rate_limited', tostring(balance()), window}
   end
 end
-if ARGV[9] == '1' then
+if ARGV[5] == '1' then
   local stored = redis.call('HMGET', KEYS[4], 'fp', 'body')
   if stored[1] then
-    if stored[1] ~= ARGV[10] then return {'key_conflict', tostring(balance()), window} end
+    if stored[1] ~= ARGV[6] then return {'key_conflict', tostring(balance()), window} end
     return {'replayed', stored[2], window}
   end
 end
 local current = balance()
 if current <= 0 then
-  append('vend_refused', 0, current, ARGV[2], ARGV[6], ARGV[7], ARGV[8], 'insufficient_credits')
+  append('vend_refused', 0, current, '"insufficient_credits"', ARGV[1])
   return {'insufficient', tostring(current), window}
 end
 local after = redis.call('HINCRBY', KEYS[1], 'balance', -1)
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[8])
-append('vend', -1, after, ARGV[2], ARGV[6], ARGV[7], ARGV[8], '')
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+append('vend', -1, after, '""', ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[2], 'vended')
-local client_key = cjson.null
-if ARGV[5] ~= '' then client_key = ARGV[5] end
-local receipt = cjson.encode({request_id = ARGV[2], token = ARGV[3],
-  expires_at = tonumber(ARGV[4]), balance_after = after, client_request_id = client_key,
-  at = ARGV[8]})
-if ARGV[9] == '1' then
-  redis.call('HSET', KEYS[4], 'fp', ARGV[10], 'body', receipt)
-  redis.call('PEXPIREAT', KEYS[4], ARGV[11])
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[4], 'fp', ARGV[6], 'body', ARGV[3] .. ',"balance_after":' .. after .. '}')
+  redis.call('PEXPIREAT', KEYS[4], ARGV[7])
 end
 return {'charged', tostring(after), window}
 """
 )
 
-# KEYS: balance, ledger, idempotency.  ARGV: user, amount, request_id, reason, ip, ua, at,
+# KEYS: balance, ledger, idempotency.  ARGV: user, amount, request_id, reason, entry fields, at,
 # use_idem, fingerprint, idem_expires_at_ms.
 GRANT = (
     _APPEND
     + """
-if ARGV[8] == '1' then
+if ARGV[7] == '1' then
   local stored = redis.call('HMGET', KEYS[3], 'fp', 'body')
   if stored[1] then
-    if stored[1] ~= ARGV[9] then return {'key_conflict', ''} end
+    if stored[1] ~= ARGV[8] then return {'key_conflict', ''} end
     return {'replayed', stored[2]}
   end
 end
 local amount = tonumber(ARGV[2])
 local after = redis.call('HINCRBY', KEYS[1], 'balance', amount)
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[7])
-append('grant', amount, after, ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[4])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
+append('grant', amount, after, cjson.encode(ARGV[4]), ARGV[5])
 local receipt = cjson.encode({user_id = ARGV[1], amount = amount, balance_after = after,
-  request_id = ARGV[3], reason = ARGV[4], at = ARGV[7]})
-if ARGV[8] == '1' then
-  redis.call('HSET', KEYS[3], 'fp', ARGV[9], 'body', receipt)
-  redis.call('PEXPIREAT', KEYS[3], ARGV[10])
+  request_id = ARGV[3], reason = ARGV[4], at = ARGV[6]})
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[3], 'fp', ARGV[8], 'body', receipt)
+  redis.call('PEXPIREAT', KEYS[3], ARGV[9])
 end
 return {'granted', receipt}
 """
 )
 
-# KEYS: balance, ledger, vends.  ARGV: user, vend_request_id, reason, ip, ua, at.
+# KEYS: balance, ledger, vends.  ARGV: vend_request_id, reason, entry fields, at.
 REFUND = (
     _APPEND
     + """
-local state = redis.call('HGET', KEYS[3], ARGV[2])
+local state = redis.call('HGET', KEYS[3], ARGV[1])
 if not state then return {'not_found', ''} end
 if state == 'refunded' then return {'already_refunded', ''} end
-redis.call('HSET', KEYS[3], ARGV[2], 'refunded')
+redis.call('HSET', KEYS[3], ARGV[1], 'refunded')
 local after = redis.call('HINCRBY', KEYS[1], 'balance', 1)
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
-return {'refunded', append('refund', 1, after, ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[3])}
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+return {'refunded', append('refund', 1, after, cjson.encode(ARGV[2]), ARGV[3])}
 """
 )
 
