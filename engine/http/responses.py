@@ -2,8 +2,8 @@
 
 A `PreparedJSON` is already an ASGI app, which Litestar passes through untouched; a Litestar
 `Response` would be converted into one on every request, a measurable share of a cheap route's
-cost (see the README's Benchmarks).  Errors still go through Litestar's `Response`, which is
-what its exception handlers must return.
+cost (see the README's Benchmarks).  Error envelopes end up here too: the exception handler
+returns a `Response`, as Litestar requires, whose ASGI form is a `PreparedJSON`.
 """
 
 from __future__ import annotations

@@ -28,10 +28,10 @@ class VendController(Controller):
     async def vend(self, request: AnyRequest) -> ASGIApp:
         """Rate limiting happens inside the vend so a 429 leaves its audit entry.
 
-        The hottest route, so it asks for the request alone and calls the functions the
-        `services` and `user` dependencies call, which spares it Litestar's dependency
-        resolution (a measurable share of a vend; see the README's Benchmarks).  Errors still
-        go to the one exception handler.
+        The hottest route, so it asks for the request alone and calls `provide_services` and
+        the token check itself, which spares it Litestar's dependency resolution (a measurable
+        share of a vend; see the README's Benchmarks).  Errors still go to the one exception
+        handler.
         """
         services = provide_services(request)
         user = services.tokens.verify_user(bearer_token(request))
