@@ -13,7 +13,7 @@ from collections.abc import Callable
 import msgspec
 
 from engine.config import Settings
-from engine.domain.idempotency import scoped_key
+from engine.domain.idempotency import fingerprint, scoped_key
 from engine.domain.ratelimit import RateLimiter, RateState
 from engine.domain.tokens import TRANSCRIBE_SCOPE, TokenAuthority, UserPrincipal, require_scope
 from engine.errors import (
@@ -37,6 +37,9 @@ from engine.store.records import (
 )
 
 Clock = Callable[[], float]
+# A vend's body holds nothing that changes its outcome (a `userId` must match the token), so
+# every keyed vend has this one fingerprint; hashed once rather than on every vend.
+_VEND_FINGERPRINT = fingerprint(b"vend-token")
 
 
 def new_request_id() -> str:
@@ -88,7 +91,7 @@ class CreditService:
             f"user:{user.user_id}",
             "vend-token",
             client_key,
-            b"vend-token",
+            _VEND_FINGERPRINT,
             self._settings.idempotency_ttl_seconds,
             now,
         )
@@ -144,7 +147,7 @@ class CreditService:
             f"admin:{user_id}",
             "credits-add",
             client_key,
-            payload,
+            fingerprint(payload),
             self._settings.idempotency_ttl_seconds,
             now,
         )

@@ -29,11 +29,15 @@ def client_key(body_key: str | None, header_key: str | None) -> str | None:
     return body_key or header_key or None
 
 
+def fingerprint(payload: bytes) -> str:
+    """What a replay must match exactly: a digest of the request's meaningful content."""
+    return hashlib.sha256(payload).hexdigest()
+
+
 def scoped_key(
-    principal: str, route: str, key: str | None, payload: bytes, ttl_seconds: float, now: float
+    principal: str, route: str, key: str | None, fingerprint: str, ttl_seconds: float, now: float
 ) -> IdempotencyKey | None:
-    """The store slot for a client key; `payload` is what a replay must match exactly."""
+    """The store slot for a client key, holding the `fingerprint` of the first request."""
     if key is None:
         return None
-    fingerprint = hashlib.sha256(payload).hexdigest()
     return IdempotencyKey(f"{principal}|{route}", key, fingerprint, now + ttl_seconds)

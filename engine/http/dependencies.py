@@ -36,8 +36,9 @@ class Caller(msgspec.Struct, frozen=True):
 
 def provide_services(request: AnyRequest) -> Services:
     """From the app's state itself: asking Litestar for `state: State` builds a new `State`
-    (and its lock) on every request."""
-    services: Services = request.app.state.services
+    (and its lock) on every request.  By key, not attribute: `State.__getattr__` is reached
+    only after a failed lookup has built and discarded an AttributeError."""
+    services: Services = request.app.state["services"]
     return services
 
 

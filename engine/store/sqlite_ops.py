@@ -32,6 +32,10 @@ from engine.timeutil import iso
 Connection = sqlite3.Connection
 ENTRY_COLUMNS = "id, user_id, action, delta, balance_after, request_id, ip, user_agent, at, reason"
 _APPEND = f"INSERT INTO ledger ({ENTRY_COLUMNS.removeprefix('id, ')}) VALUES (?,?,?,?,?,?,?,?,?)"
+_WINDOW_AND_BALANCE = (
+    "SELECT (SELECT count FROM windows WHERE key = ?),"
+    " (SELECT balance FROM accounts WHERE user_id = ?)"
+)
 _vend_receipt = msgspec.json.Decoder(VendReceipt)
 _grant_receipt = msgspec.json.Decoder(GrantReceipt)
 _encode = msgspec.json.encode
@@ -82,21 +86,28 @@ def _current_balance(conn: Connection, user_id: str) -> int:
     return int(row[0]) if row else 0
 
 
-def count(conn: Connection, subject: str, window_seconds: int, now: float) -> WindowCount:
-    # Read, then write, as `spend` explains.
+def _window_slot(subject: str, window_seconds: int, now: float) -> tuple[str, float]:
+    """The row that counts `subject`'s current fixed window, and when that window ends."""
     start = now - now % window_seconds
-    reset_at = start + window_seconds
-    key = f"rl:{subject}@{int(start)}"
-    row = one(conn.execute("SELECT count FROM windows WHERE key = ?", (key,)))
-    if row is None:
-        counted = 1
+    return f"rl:{subject}@{int(start)}", start + window_seconds
+
+
+def _count_in(conn: Connection, key: str, counted: int | None, reset_at: float) -> WindowCount:
+    """Count one more in the window row `key`, whose count was just read as `counted`."""
+    if counted is None:
         conn.execute(
             "INSERT INTO windows (key, count, expires_at) VALUES (?, 1, ?)", (key, reset_at)
         )
-    else:
-        counted = int(row[0]) + 1
-        conn.execute("UPDATE windows SET count = ? WHERE key = ?", (counted, key))
-    return WindowCount(counted, reset_at)
+        return WindowCount(1, reset_at)
+    conn.execute("UPDATE windows SET count = ? WHERE key = ?", (counted + 1, key))
+    return WindowCount(counted + 1, reset_at)
+
+
+def count(conn: Connection, subject: str, window_seconds: int, now: float) -> WindowCount:
+    # Read, then write, as `spend` explains.
+    key, reset_at = _window_slot(subject, window_seconds, now)
+    row = one(conn.execute("SELECT count FROM windows WHERE key = ?", (key,)))
+    return _count_in(conn, key, row[0] if row else None, reset_at)
 
 
 def stored_response(conn: Connection, scope: str, key: str, now: float) -> StoredResponse | None:
@@ -144,10 +155,19 @@ def spend(conn: Connection, order: VendOrder) -> SpendOutcome:
     """
     at = iso(order.now)
     window = None
-    if order.rate is not None:
-        window = count(conn, order.rate.subject, order.rate.window_seconds, order.now)
-        if window.count > order.rate.limit:
-            balance = _current_balance(conn, order.user_id)
+    rate = order.rate
+    if rate is None:
+        balance = _current_balance(conn, order.user_id)
+    else:
+        window_key, reset_at = _window_slot(rate.subject, rate.window_seconds, order.now)
+        # The window's count and the balance in one statement: each statement costs a vend
+        # a Python round trip through the driver, as much as a simple lookup itself.
+        counted, current = conn.execute(
+            _WINDOW_AND_BALANCE, (window_key, order.user_id)
+        ).fetchall()[0]
+        balance = current or 0
+        window = _count_in(conn, window_key, counted, reset_at)
+        if window.count > rate.limit:
             _append(
                 conn,
                 order.user_id,
@@ -160,7 +180,6 @@ def spend(conn: Connection, order: VendOrder) -> SpendOutcome:
                 "rate_limit_exceeded",
             )
             return SpendOutcome("rate_limited", balance, window=window)
-    balance = _current_balance(conn, order.user_id)
     receipt = None
     if balance > 0:
         receipt = VendReceipt(
