@@ -189,6 +189,54 @@ async def test_a_vend_counts_itself_in_the_same_window(store: Store) -> None:
     assert (await store.balance("ann")).balance == 8
 
 
+async def test_every_vend_attempt_counts_whatever_its_outcome(store: Store) -> None:
+    await store.grant(grant("ann", 1))
+    now = time.time()
+    rate = RateWindow("ann", 100, 60)
+    key = idem("user:ann|vend", "k1")
+
+    def attempt(request_id: str, with_key: IdempotencyKey | None) -> VendOrder:
+        client_key = with_key.key if with_key else None
+        return VendOrder(
+            "ann", request_id, "t", int(now) + 900, client_key, with_key, CTX, now, rate
+        )
+
+    statuses = [
+        (outcome.status, outcome.window.count if outcome.window else None)
+        for outcome in [
+            await store.spend(attempt("r1", key)),
+            await store.spend(attempt("r2", key)),
+            await store.spend(attempt("r3", None)),
+        ]
+    ]
+    assert statuses == [("charged", 1), ("replayed", 2), ("insufficient", 3)]
+    assert (await store.hit_window("ann", 60, now)).count == 4
+
+
+async def test_a_window_counted_before_the_first_grant_carries_on_after_it(store: Store) -> None:
+    now = time.time()
+    await store.hit_window("bob", 60, now)
+    refused = await store.spend(
+        VendOrder("bob", "r0", "t", int(now) + 900, None, None, CTX, now, RateWindow("bob", 4, 60))
+    )
+    assert (refused.status, refused.window.count if refused.window else None) == (
+        "insufficient",
+        2,
+    )
+    await store.grant(grant("bob", 5))
+    assert (await store.hit_window("bob", 60, now)).count == 3
+    outcomes = [
+        await store.spend(
+            VendOrder(
+                "bob", f"r{i}", "t", int(now) + 900, None, None, CTX, now, RateWindow("bob", 4, 60)
+            )
+        )
+        for i in range(1, 3)
+    ]
+    assert [o.status for o in outcomes] == ["charged", "rate_limited"]
+    assert (await store.hit_window("bob", 60, now + 60)).count == 1  # the next window
+
+
 async def test_remember_keeps_the_first_response(store: Store) -> None:
     now = time.time()
     first = StoredResponse("fp1", 202, b'{"jobId":"a"}')
@@ -266,3 +314,36 @@ def test_sqlite_schema_refuses_ledger_edits_and_negative_balances(tmp_path: obje
         conn.execute(append, ("gift",))
     conn.execute(append, ("vend_refused",))  # every real action still passes
     conn.close()
+
+
+def test_sqlite_file_from_before_account_windows_is_upgraded(tmp_path: object) -> None:
+    """A file whose `accounts` lacks the window columns gains them, and keeps its balances."""
+    path = f"{tmp_path}/old.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE accounts (user_id TEXT PRIMARY KEY,"
+        " balance INTEGER NOT NULL CHECK (balance >= 0), updated_at TEXT NOT NULL) WITHOUT ROWID"
+    )
+    conn.execute("INSERT INTO accounts VALUES ('ann', 2, '2026-01-01T00:00:00.000Z')")
+    conn.commit()
+    conn.close()
+
+    async def scenario() -> tuple[str, int, int]:
+        from engine.store import store_from_url
+
+        for _ in range(2):  # opening an upgraded file again changes nothing
+            opened = store_from_url(f"sqlite:///{path}")
+            await opened.open()
+            await opened.close()
+        opened = store_from_url(f"sqlite:///{path}")
+        await opened.open()
+        now = time.time()
+        order = VendOrder(
+            "ann", "r1", "t", int(now) + 900, None, None, CTX, now, RateWindow("ann", 5, 60)
+        )
+        outcome = await opened.spend(order)
+        balance = (await opened.balance("ann")).balance
+        await opened.close()
+        return outcome.status, balance, outcome.window.count if outcome.window else 0
+
+    assert asyncio.run(scenario()) == ("charged", 1, 1)

@@ -44,6 +44,31 @@ CHECKPOINT_PASSES = 3
 Connection = sqlite3.Connection
 
 
+# Columns added since the first release, which `CREATE TABLE IF NOT EXISTS` cannot add.
+_ADDED_COLUMNS = {
+    "accounts": (
+        "window_start INTEGER NOT NULL DEFAULT 0",
+        "window_count INTEGER NOT NULL DEFAULT 0",
+    )
+}
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Bring a file made by an older engine up to the schema; in one write transaction, since
+    every worker runs it at start-up."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, columns in _ADDED_COLUMNS.items():
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 class SQLiteStore:
     """The `Store` protocol on one SQLite file."""
 
@@ -109,9 +134,13 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         schema = resources.files("engine.store").joinpath("sqlite_schema.sql").read_text()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self._writer, lambda: self._thread_connection().executescript(schema)
-        )
+
+        def create() -> None:
+            conn = self._thread_connection()
+            conn.executescript(schema)
+            _add_missing_columns(conn)
+
+        await loop.run_in_executor(self._writer, create)
         self._checkpointer = loop.create_task(self._checkpoint_forever())
 
     async def _checkpoint_forever(self) -> None:

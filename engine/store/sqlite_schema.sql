@@ -3,9 +3,13 @@
 -- that no bug above this layer can ever make one negative.
 
 CREATE TABLE IF NOT EXISTS accounts (
-    user_id    TEXT PRIMARY KEY,
-    balance    INTEGER NOT NULL CHECK (balance >= 0),
-    updated_at TEXT NOT NULL
+    user_id      TEXT PRIMARY KEY,
+    balance      INTEGER NOT NULL CHECK (balance >= 0),
+    updated_at   TEXT NOT NULL,
+    -- The user's rate-limit window (see `sqlite_ops`); files made before these columns get
+    -- them from `SQLiteStore.open`.
+    window_start INTEGER NOT NULL DEFAULT 0,
+    window_count INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS ledger (
@@ -51,6 +55,7 @@ CREATE TABLE IF NOT EXISTS responses (
     PRIMARY KEY (scope, key)
 );
 
+-- Windows of subjects without an account (an IP, a user never granted credits).
 CREATE TABLE IF NOT EXISTS windows (
     key        TEXT PRIMARY KEY,
     count      INTEGER NOT NULL,
