@@ -41,11 +41,3 @@ class TurnQueue(Generic[T]):
         self._scheduled = False
         batch, self._pending = self._pending, []
         self._flush(batch)
-
-    def retry_later(self, batch: Batch[T], delay: float) -> None:
-        """Put a batch back, ahead of what has arrived since, for a flush `delay` seconds from
-        now (or the next turn's, whichever comes first)."""
-        self._pending[:0] = batch
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_later(delay, self._hand_over)
