@@ -54,8 +54,10 @@ if current <= 0 then
   append('vend_refused', 0, current, '"insufficient_credits"', ARGV[1])
   return {'insufficient', tostring(current), window}
 end
-local after = redis.call('HINCRBY', KEYS[1], 'balance', -1)
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+-- One HSET for both fields, not HINCRBY and HSET: every write a script makes is also appended
+-- to the AOF, on the same thread.  `current` was read by this same atomic script.
+local after = current - 1
+redis.call('HSET', KEYS[1], 'balance', after, 'updated_at', ARGV[4])
 append('vend', -1, after, '""', ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[2], 'vended')
 if ARGV[5] == '1' then
