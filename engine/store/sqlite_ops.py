@@ -126,7 +126,7 @@ def _adopt_window(conn: Connection, user_id: str) -> None:
     rows = conn.execute(
         # Keys end in the window's start, all digits; ':' sorts just after '9'.
         "SELECT key, count FROM windows WHERE key > ? AND key < ?",
-        (prefix, prefix[:-1] + "@:"),
+        (prefix, prefix + ":"),
     ).fetchall()
     starts = [
         (int(key[len(prefix) :]), count) for key, count in rows if key[len(prefix) :].isdigit()
