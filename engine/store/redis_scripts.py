@@ -38,8 +38,9 @@ if tonumber(ARGV[8]) > 0 then
   window = redis.call('INCR', KEYS[5])
   if window == 1 then redis.call('PEXPIREAT', KEYS[5], ARGV[9]) end
   if window > tonumber(ARGV[8]) then
-    append('vend_rate_limited', 0, balance(), '"rate_limit_exceeded"', ARGV[1])
-    return {'rate_limited', tostring(balance()), window}
+    local current = balance()
+    append('vend_rate_limited', 0, current, '"rate_limit_exceeded"', ARGV[1])
+    return {'rate_limited', tostring(current), window}
   end
 end
 if ARGV[5] == '1' then

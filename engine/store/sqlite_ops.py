@@ -105,6 +105,13 @@ def count(conn: Connection, subject: str, window_seconds: int, now: float) -> Wi
         start, counted = _counted((row[1], row[2]), window_seconds, now)
         conn.execute(_SET_WINDOW, (start, counted, subject))
         return WindowCount(counted, start + window_seconds)
+    return _count_without_account(conn, subject, window_seconds, now)
+
+
+def _count_without_account(
+    conn: Connection, subject: str, window_seconds: int, now: float
+) -> WindowCount:
+    """Count in the `windows` table, for a subject known to have no account row."""
     start = _window_start(window_seconds, now)
     key = f"rl:{subject}@{start}"
     row = one(conn.execute("SELECT count FROM windows WHERE key = ?", (key,)))
@@ -185,11 +192,13 @@ def spend(conn: Connection, order: VendOrder) -> SpendOutcome:
     window: Window = (row[1], row[2]) if row else (0, 0)
     counted = None
     if rate is not None:
-        if row is not None and rate.subject == order.user_id:
+        if rate.subject != order.user_id:
+            counted = count(conn, rate.subject, rate.window_seconds, order.now)
+        elif row is None:  # the account's absence is known already: no second look for it
+            counted = _count_without_account(conn, rate.subject, rate.window_seconds, order.now)
+        else:
             window = _counted(window, rate.window_seconds, order.now)
             counted = WindowCount(window[1], window[0] + rate.window_seconds)
-        else:
-            counted = count(conn, rate.subject, rate.window_seconds, order.now)
     outcome = _charge_or_refuse(conn, order, balance, window, counted)
     if outcome.status != "charged" and row is not None and window != (row[1], row[2]):
         conn.execute(_SET_WINDOW, (*window, order.user_id))
