@@ -121,7 +121,8 @@ class Result:
 def _lua(
     path: str, method: str, tokens: list[str], keyed: bool, folder: Path, count_statuses: bool
 ) -> Path:
-    script = folder / f"{method}-{path.strip('/').replace('/', '-')}-{len(tokens)}.lua"
+    statuses = "-statuses" if count_statuses else ""
+    script = folder / f"{method}-{path.strip('/').replace('/', '-')}-{len(tokens)}{statuses}.lua"
     quoted = ",".join(f'"{t}"' for t in tokens)
     script.write_text(
         LUA
@@ -177,6 +178,11 @@ def _prepare(engine: LocalEngine) -> tuple[list[str], list[str]]:
     return [engine.mint_user(u, ttl=7200) for u in users], [engine.mint_user("bench-hot", ttl=7200)]
 
 
+def _lasting(args: argparse.Namespace, seconds: int) -> argparse.Namespace:
+    """`args` for a wrk run of `seconds` instead of the measured duration."""
+    return argparse.Namespace(**{**vars(args), "duration": seconds})
+
+
 def _median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
@@ -210,16 +216,10 @@ def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) 
             }
             # Warm-up, unmeasured: every user token is verified once (a real client reuses its
             # token), and every route has run before its first measured second.
-            _wrk(
-                engine.url, scripts["balance"], argparse.Namespace(**{**vars(args), "duration": 2})
-            )
+            _wrk(engine.url, scripts["balance"], _lasting(args, seconds=2))
             for name in scripts:
                 if name != "vend-hot":  # it would spend the hot balance before the rounds
-                    _wrk(
-                        engine.url,
-                        scripts[name],
-                        argparse.Namespace(**{**vars(args), "duration": 1}),
-                    )
+                    _wrk(engine.url, scripts[name], _lasting(args, seconds=1))
             for round_number in range(1, args.rounds + 1):
                 for name, *_ in scenarios:
                     rps, p50, p99, total, statuses = _wrk(engine.url, scripts[name], args)
