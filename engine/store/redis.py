@@ -3,10 +3,9 @@
 Each domain operation is one Lua script or one single-key command, so it is atomic on the
 server; nothing is read into Python and written back.  Key layout (see the README):
 
-    {u:<user>}:bal          hash  balance, updated_at
+    {u:<user>}:bal          hash  balance, updated_at, vend:<requestId> -> vended | refunded
     {u:<user>}:ledger       list  JSON audit entries, append-only, id = position
-    {u:<user>}:vends        hash  vend requestId -> vended | refunded
-    {u:<user>}:idem:<scope>:<key>  hash  fingerprint + stored receipt, expires with retention
+    {u:<user>}:idem:<scope>:<key>  string  fingerprint|stored receipt, expires with retention
     resp:<scope>:<key>      hash  remembered response (fingerprint, status, body)
     {u:<subject>}:rl:<window>  int  requests in a fixed window
     claim:<name>            str   owner of a claim (e.g. a vended token's jti)
@@ -106,6 +105,14 @@ def _entry_fields(user_id: str, request_id: str, context: Context, at: str) -> b
             "at": at,
         }
     )[1:-1]
+
+
+def _entry_at(position: int, raw: bytes) -> AuditEntry:
+    """A stored entry with its id, which is its 1-based position in the user's list (entries
+    written by earlier engines carry it already)."""
+    if raw.startswith(b'{"id":'):
+        return _entry.decode(raw)
+    return _entry.decode(b'{"id":%d,' % position + raw[1:])
 
 
 def _ms(epoch_seconds: float) -> int:
@@ -247,7 +254,6 @@ class RedisStore:
             [
                 user + ":bal",
                 user + ":ledger",
-                user + ":vends",
                 _idem_key(order.user_id, idem),
                 window_key,
             ],
@@ -301,8 +307,9 @@ class RedisStore:
 
     async def refund(self, order: RefundOrder) -> RefundOutcome:
         user, at = _user(order.user_id), iso(order.now)
-        status, payload = await self._run(
+        status, entry_id, body = await self._run(
             self._refund,
+            # `:vends` holds the vends that engines before the current layout recorded.
             [user + ":bal", user + ":ledger", user + ":vends"],
             [
                 order.vend_request_id,
@@ -312,7 +319,9 @@ class RedisStore:
             ],
         )
         status = _text(status)
-        return RefundOutcome(status, _entry.decode(payload) if status == "refunded" else None)
+        if status != "refunded":
+            return RefundOutcome(status)
+        return RefundOutcome(status, _entry.decode(b'{"id":%d,' % entry_id + body))
 
     async def balance(self, user_id: str) -> BalanceView:
         values = await self._call("HMGET", _user(user_id) + ":bal", "balance", "updated_at")
@@ -322,7 +331,7 @@ class RedisStore:
 
     async def audit(self, user_id: str, limit: int, after_id: int) -> list[AuditEntry]:
         raw = await self._call("LRANGE", _user(user_id) + ":ledger", after_id, after_id + limit - 1)
-        return [_entry.decode(item) for item in raw]
+        return [_entry_at(after_id + offset + 1, item) for offset, item in enumerate(raw)]
 
     async def snapshot(self) -> LedgerSnapshot:
         """Per user atomic (balance and ledger in one script); users are read one by one."""
@@ -339,7 +348,7 @@ class RedisStore:
                 self._user_snapshot, [user + ":bal", user + ":ledger"], []
             )
             balances[user_id] = int(balance)
-            entries.extend(_entry.decode(item) for item in raw)
+            entries.extend(_entry_at(position, item) for position, item in enumerate(raw, 1))
         return LedgerSnapshot(balances, entries)
 
     # -- request bookkeeping -------------------------------------------------------------

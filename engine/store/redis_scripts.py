@@ -2,7 +2,16 @@
 
 Every key a script touches carries the user's hash tag `{u:<user>}`, so each script runs on one
 Cluster slot.  Ledger entries are JSON in a per-user list; an entry's id is its 1-based
-position, so ids are unique and ordered *per user* (SQLite's are global).
+position, so ids are unique and ordered *per user* (SQLite's are global), and the entry itself
+does not repeat it: readers add it from the position.
+
+Each `redis.call` inside a script costs Redis's one thread (which shares the machine with the
+engine) a microsecond or two besides the command itself, and every write is appended to the
+AOF as well, so the vend path is written with as few calls as the rules allow: a vend's record
+(`vend:<requestId>`) lives in the balance hash, written by the same `HSET` as the balance, and
+an idempotency record is one string set with its expiry (`fingerprint|receipt`).  Records in
+the layout of earlier engines (an `idem` hash, a separate `vends` hash, entries carrying their
+id) are still read.
 """
 
 from __future__ import annotations
@@ -13,30 +22,45 @@ from __future__ import annotations
 # scripts run on Redis's one thread, and encoding two tables took a third of a vend's script.
 _APPEND = """
 local function append(action, delta, balance_after, reason, fields)
-  -- The script is atomic, so the next position is the entry's id.
-  local id = redis.call('LLEN', KEYS[2]) + 1
-  local entry = '{"id":' .. id .. ',"action":"' .. action .. '","delta":' .. delta
-    .. ',"balanceAfter":' .. balance_after .. ',"reason":' .. reason .. ',' .. fields .. '}'
-  redis.call('RPUSH', KEYS[2], entry)
-  return entry
+  local body = '"action":"' .. action .. '","delta":' .. delta .. ',"balanceAfter":'
+    .. balance_after .. ',"reason":' .. reason .. ',' .. fields .. '}'
+  -- The new length is the entry's position, which is its id.
+  return redis.call('RPUSH', KEYS[2], '{' .. body), body
 end
 local function balance()
   return tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')
 end
 """
 
-# KEYS: balance, ledger, vends, idempotency, rate window.  ARGV: entry fields, request_id,
-# receipt head (the receipt's JSON but its balance_after and closing brace), at, use_idem,
-# fingerprint, idem_expires_at_ms, rate_limit (0 = off), window_reset_at_ms.
+# An idempotency record: nil when the key is new, else (fingerprint, stored receipt).  A record
+# an earlier engine wrote is a hash; GET on it is a WRONGTYPE error, so that case reads the hash.
+_RECALL = """
+local function recall(key)
+  local stored = redis.pcall('GET', key)
+  if type(stored) == 'table' and stored.err then
+    local old = redis.call('HMGET', key, 'fp', 'body')
+    if not old[1] then return nil end
+    return old[1], old[2]
+  end
+  if not stored then return nil end
+  local bar = string.find(stored, '|', 1, true)
+  return string.sub(stored, 1, bar - 1), string.sub(stored, bar + 1)
+end
+"""
+
+# KEYS: balance, ledger, idempotency, rate window.  ARGV: entry fields, request_id, receipt
+# head (the receipt's JSON but its balance_after and closing brace), at, use_idem, fingerprint,
+# idem_expires_at_ms, rate_limit (0 = off), window_reset_at_ms.
 # Returns {status, payload, window count}: the payload is the stored receipt for a replay,
 # else the balance (the caller, who sent every other field of a new receipt, builds it).
 SPEND = (
     _APPEND
+    + _RECALL
     + """
 local window = 0
 if tonumber(ARGV[8]) > 0 then
-  window = redis.call('INCR', KEYS[5])
-  if window == 1 then redis.call('PEXPIREAT', KEYS[5], ARGV[9]) end
+  window = redis.call('INCR', KEYS[4])
+  if window == 1 then redis.call('PEXPIREAT', KEYS[4], ARGV[9]) end
   if window > tonumber(ARGV[8]) then
     local current = balance()
     append('vend_rate_limited', 0, current, '"rate_limit_exceeded"', ARGV[1])
@@ -44,10 +68,10 @@ if tonumber(ARGV[8]) > 0 then
   end
 end
 if ARGV[5] == '1' then
-  local stored = redis.call('HMGET', KEYS[4], 'fp', 'body')
-  if stored[1] then
-    if stored[1] ~= ARGV[6] then return {'key_conflict', tostring(balance()), window} end
-    return {'replayed', stored[2], window}
+  local fingerprint, receipt = recall(KEYS[3])
+  if fingerprint then
+    if fingerprint ~= ARGV[6] then return {'key_conflict', tostring(balance()), window} end
+    return {'replayed', receipt, window}
   end
 end
 local current = balance()
@@ -55,15 +79,14 @@ if current <= 0 then
   append('vend_refused', 0, current, '"insufficient_credits"', ARGV[1])
   return {'insufficient', tostring(current), window}
 end
--- One HSET for both fields, not HINCRBY and HSET: every write a script makes is also appended
--- to the AOF, on the same thread.  `current` was read by this same atomic script.
+-- One HSET writes the balance, its time and the vend's record.  `current` was read by this
+-- same atomic script.
 local after = current - 1
-redis.call('HSET', KEYS[1], 'balance', after, 'updated_at', ARGV[4])
+redis.call('HSET', KEYS[1], 'balance', after, 'updated_at', ARGV[4], 'vend:' .. ARGV[2], 'vended')
 append('vend', -1, after, '""', ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[2], 'vended')
 if ARGV[5] == '1' then
-  redis.call('HSET', KEYS[4], 'fp', ARGV[6], 'body', ARGV[3] .. ',"balance_after":' .. after .. '}')
-  redis.call('PEXPIREAT', KEYS[4], ARGV[7])
+  redis.call('SET', KEYS[3], ARGV[6] .. '|' .. ARGV[3] .. ',"balance_after":' .. after .. '}',
+    'PXAT', ARGV[7])
 end
 return {'charged', tostring(after), window}
 """
@@ -73,39 +96,44 @@ return {'charged', tostring(after), window}
 # use_idem, fingerprint, idem_expires_at_ms.
 GRANT = (
     _APPEND
+    + _RECALL
     + """
 if ARGV[7] == '1' then
-  local stored = redis.call('HMGET', KEYS[3], 'fp', 'body')
-  if stored[1] then
-    if stored[1] ~= ARGV[8] then return {'key_conflict', ''} end
-    return {'replayed', stored[2]}
+  local fingerprint, receipt = recall(KEYS[3])
+  if fingerprint then
+    if fingerprint ~= ARGV[8] then return {'key_conflict', ''} end
+    return {'replayed', receipt}
   end
 end
 local amount = tonumber(ARGV[2])
-local after = redis.call('HINCRBY', KEYS[1], 'balance', amount)
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
+local after = balance() + amount
+redis.call('HSET', KEYS[1], 'balance', after, 'updated_at', ARGV[6])
 append('grant', amount, after, cjson.encode(ARGV[4]), ARGV[5])
 local receipt = cjson.encode({user_id = ARGV[1], amount = amount, balance_after = after,
   request_id = ARGV[3], reason = ARGV[4], at = ARGV[6]})
 if ARGV[7] == '1' then
-  redis.call('HSET', KEYS[3], 'fp', ARGV[8], 'body', receipt)
-  redis.call('PEXPIREAT', KEYS[3], ARGV[9])
+  redis.call('SET', KEYS[3], ARGV[8] .. '|' .. receipt, 'PXAT', ARGV[9])
 end
 return {'granted', receipt}
 """
 )
 
-# KEYS: balance, ledger, vends.  ARGV: vend_request_id, reason, entry fields, at.
+# KEYS: balance, ledger, vends of earlier engines.  ARGV: vend_request_id, reason, entry
+# fields, at.  Returns {status, entry id, entry JSON without its id}.
 REFUND = (
     _APPEND
     + """
-local state = redis.call('HGET', KEYS[3], ARGV[1])
-if not state then return {'not_found', ''} end
-if state == 'refunded' then return {'already_refunded', ''} end
-redis.call('HSET', KEYS[3], ARGV[1], 'refunded')
-local after = redis.call('HINCRBY', KEYS[1], 'balance', 1)
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
-return {'refunded', append('refund', 1, after, cjson.encode(ARGV[2]), ARGV[3])}
+local field = 'vend:' .. ARGV[1]
+local state = redis.call('HGET', KEYS[1], field)
+if not state then
+  state = redis.call('HGET', KEYS[3], ARGV[1])
+end
+if not state then return {'not_found', 0, ''} end
+if state == 'refunded' then return {'already_refunded', 0, ''} end
+local after = balance() + 1
+redis.call('HSET', KEYS[1], 'balance', after, 'updated_at', ARGV[4], field, 'refunded')
+local id, body = append('refund', 1, after, cjson.encode(ARGV[2]), ARGV[3])
+return {'refunded', id, body}
 """
 )
 
