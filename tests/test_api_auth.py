@@ -121,3 +121,12 @@ def test_vended_token_is_exactly_what_pyjwt_would_mint() -> None:
     )
     assert minted.token == expected
     assert jwt.get_unverified_header(minted.token) == {"alg": "HS256", "kid": "vend", "typ": "JWT"}
+
+
+def test_a_vended_token_is_signed_again_from_its_claims_byte_for_byte() -> None:
+    """What a replayed vend relies on: the receipt keeps jti, iat and exp, never the token."""
+    authority = TokenAuthority(make_settings("sqlite:///unused.db"))
+    minted = authority.mint_vended("ann", time.time())
+    again = authority.vended_token("ann", minted.jti, minted.issued_at, minted.expires_at)
+    assert again == minted.token
+    assert authority.verify_vended(again).jti == minted.jti

@@ -14,7 +14,11 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from engine.domain.credits import CreditService
+from engine.domain.idempotency import fingerprint
 from engine.domain.ledger import verify
+from engine.domain.ratelimit import RateLimiter
+from engine.domain.tokens import TRANSCRIBE_SCOPE, TokenAuthority, UserPrincipal
 from engine.store.records import (
     Context,
     GrantOrder,
@@ -24,8 +28,10 @@ from engine.store.records import (
     VendReceipt,
 )
 from engine.store.redis import RedisStore
+from tests.conftest import make_settings
 
 CTX = Context(ip="127.0.0.1", user_agent="layout-test")
+VEND_FP = fingerprint(b"vend-token")  # what the credit service fingerprints every vend with
 
 
 @pytest.fixture
@@ -36,7 +42,14 @@ async def written_by_earlier_engine(redis_url: str) -> AsyncIterator[RedisStore]
     entry = {"userId": "ann", "ip": "127.0.0.1", "userAgent": "old", "at": at}
     grant = {"id": 1, "action": "grant", "delta": 5, "balanceAfter": 5, "reason": "seed"}
     spent = {"id": 2, "action": "vend", "delta": -1, "balanceAfter": 4, "reason": ""}
-    receipt = VendReceipt("req-old", "token-old", int(time.time()) + 900, 4, "key-old", at)
+    receipt = VendReceipt(
+        request_id="req-old",
+        expires_at=int(time.time()) + 900,
+        balance_after=4,
+        client_request_id="key-old",
+        at=at,
+        token="token-old",
+    )
     await client.hset("{u:ann}:bal", mapping={"balance": 4, "updated_at": at})
     await client.rpush(
         "{u:ann}:ledger",
@@ -46,7 +59,7 @@ async def written_by_earlier_engine(redis_url: str) -> AsyncIterator[RedisStore]
     await client.hset("{u:ann}:vends", "req-old", "vended")
     await client.hset(
         "{u:ann}:idem:user:ann|vend-token:key-old",
-        mapping={"fp": "fp-vend", "body": msgspec.json.encode(receipt)},
+        mapping={"fp": VEND_FP, "body": msgspec.json.encode(receipt)},
     )
     await client.aclose()
     store = RedisStore(redis_url)
@@ -56,8 +69,8 @@ async def written_by_earlier_engine(redis_url: str) -> AsyncIterator[RedisStore]
 
 
 def _vend(request_id: str, key: str) -> VendOrder:
-    idem = IdempotencyKey("user:ann|vend-token", key, "fp-vend", time.time() + 3600)
-    return VendOrder("ann", request_id, f"token-{request_id}", 0, key, idem, CTX, time.time())
+    idem = IdempotencyKey("user:ann|vend-token", key, VEND_FP, time.time() + 3600)
+    return VendOrder("ann", request_id, f"jti-{request_id}", 0, 0, key, idem, CTX, time.time())
 
 
 async def test_an_earlier_idempotency_record_replays_without_a_charge(
@@ -70,7 +83,7 @@ async def test_an_earlier_idempotency_record_replays_without_a_charge(
     assert (await store.balance("ann")).balance == 4
     other = IdempotencyKey("user:ann|vend-token", "key-old", "fp-other", time.time() + 3600)
     conflict = await store.spend(
-        VendOrder("ann", "req-x", "t", 0, "key-old", other, CTX, time.time())
+        VendOrder("ann", "req-x", "t", 0, 0, "key-old", other, CTX, time.time())
     )
     assert conflict.status == "key_conflict"
 
@@ -100,3 +113,19 @@ async def test_earlier_entries_and_new_ones_share_one_sequence_of_ids(
     ]
     assert [e.id for e in await store.audit("ann", 2, 2)] == [3, 4]
     assert verify(await store.snapshot()).ok
+
+
+async def test_a_replay_of_an_earlier_receipt_returns_the_token_it_stored(
+    written_by_earlier_engine: RedisStore, redis_url: str
+) -> None:
+    """Earlier engines stored the token itself; there is nothing to sign again."""
+    settings = make_settings(redis_url)
+    store = written_by_earlier_engine
+    credits = CreditService(store, TokenAuthority(settings), RateLimiter(store, 0), settings)
+    ann = UserPrincipal("ann", frozenset({TRANSCRIBE_SCOPE}))
+    vended = await credits.vend(ann, client_key="key-old", claimed_user_id=None, context=CTX)
+    assert (vended.replayed, vended.token, vended.receipt.request_id) == (
+        True,
+        "token-old",
+        "req-old",
+    )

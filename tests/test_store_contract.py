@@ -30,7 +30,8 @@ def vend(
     return VendOrder(
         user,
         request_id,
-        f"token-{request_id}",
+        f"jti-{request_id}",
+        int(time.time()),
         int(time.time()) + 900,
         key.key if key else None,
         key,
@@ -72,7 +73,7 @@ async def test_audit_text_survives_any_characters(store: Store) -> None:
     odd = 'quote " backslash \\ slash / tab \t unicode é 🎧'
     context = Context(ip="::1", user_agent=odd)
     await store.grant(GrantOrder("ann", 2, "g-odd", odd, None, context, time.time()))
-    await store.spend(VendOrder("ann", "v-odd", "t", 0, None, None, context, time.time()))
+    await store.spend(VendOrder("ann", "v-odd", "t", 0, 0, None, None, context, time.time()))
     await store.refund(RefundOrder("ann", "v-odd", odd, context, time.time()))
     trail = await store.audit("ann", 10, 0)
     assert [(e.action, e.reason, e.user_agent, e.ip) for e in trail] == [
@@ -97,7 +98,7 @@ async def test_replayed_key_returns_the_first_receipt_and_charges_once(store: St
     outcomes = await asyncio.gather(*(store.spend(vend("ann", f"r{i}", key)) for i in range(20)))
     charged = [o for o in outcomes if o.status == "charged"]
     assert len(charged) == 1
-    assert {o.receipt.token for o in outcomes if o.receipt} == {charged[0].receipt.token}  # type: ignore[union-attr]
+    assert {o.receipt.jti for o in outcomes if o.receipt} == {charged[0].receipt.jti}  # type: ignore[union-attr]
     assert (await store.balance("ann")).balance == 4
 
 
@@ -130,7 +131,7 @@ async def test_keys_are_scoped_per_user(store: Store) -> None:
     first = await store.spend(vend("ann", "r1", idem("user:ann|vend-token", "shared")))
     second = await store.spend(vend("bob", "r2", idem("user:bob|vend-token", "shared")))
     assert first.status == second.status == "charged"
-    assert first.receipt and second.receipt and first.receipt.token != second.receipt.token
+    assert first.receipt and second.receipt and first.receipt.jti != second.receipt.jti
 
 
 async def test_grant_is_idempotent_per_key(store: Store) -> None:
@@ -178,7 +179,7 @@ async def test_a_vend_counts_itself_in_the_same_window(store: Store) -> None:
     rate = RateWindow("ann", 3, 60)
     outcomes = [
         await store.spend(
-            VendOrder("ann", f"r{i}", "t", int(now) + 900, None, None, CTX, now, rate)
+            VendOrder("ann", f"r{i}", "jti", int(now), int(now) + 900, None, None, CTX, now, rate)
         )
         for i in range(4)
     ]
@@ -198,7 +199,7 @@ async def test_every_vend_attempt_counts_whatever_its_outcome(store: Store) -> N
     def attempt(request_id: str, with_key: IdempotencyKey | None) -> VendOrder:
         client_key = with_key.key if with_key else None
         return VendOrder(
-            "ann", request_id, "t", int(now) + 900, client_key, with_key, CTX, now, rate
+            "ann", request_id, "jti", int(now), int(now) + 900, client_key, with_key, CTX, now, rate
         )
 
     statuses = [
@@ -217,7 +218,18 @@ async def test_a_window_counted_before_the_first_grant_carries_on_after_it(store
     now = time.time()
     await store.hit_window("bob", 60, now)
     refused = await store.spend(
-        VendOrder("bob", "r0", "t", int(now) + 900, None, None, CTX, now, RateWindow("bob", 4, 60))
+        VendOrder(
+            "bob",
+            "r0",
+            "jti",
+            int(now),
+            int(now) + 900,
+            None,
+            None,
+            CTX,
+            now,
+            RateWindow("bob", 4, 60),
+        )
     )
     assert (refused.status, refused.window.count if refused.window else None) == (
         "insufficient",
@@ -228,7 +240,16 @@ async def test_a_window_counted_before_the_first_grant_carries_on_after_it(store
     outcomes = [
         await store.spend(
             VendOrder(
-                "bob", f"r{i}", "t", int(now) + 900, None, None, CTX, now, RateWindow("bob", 4, 60)
+                "bob",
+                f"r{i}",
+                "jti",
+                int(now),
+                int(now) + 900,
+                None,
+                None,
+                CTX,
+                now,
+                RateWindow("bob", 4, 60),
             )
         )
         for i in range(1, 3)
@@ -339,7 +360,16 @@ def test_sqlite_file_from_before_account_windows_is_upgraded(tmp_path: object) -
         await opened.open()
         now = time.time()
         order = VendOrder(
-            "ann", "r1", "t", int(now) + 900, None, None, CTX, now, RateWindow("ann", 5, 60)
+            "ann",
+            "r1",
+            "jti",
+            int(now),
+            int(now) + 900,
+            None,
+            None,
+            CTX,
+            now,
+            RateWindow("ann", 5, 60),
         )
         outcome = await opened.spend(order)
         balance = (await opened.balance("ann")).balance

@@ -48,6 +48,7 @@ def new_request_id() -> str:
 
 
 class Vended(msgspec.Struct, frozen=True):
+    token: str
     receipt: VendReceipt
     replayed: bool
     rate: RateState | None
@@ -99,7 +100,8 @@ class CreditService:
             VendOrder(
                 user_id=user.user_id,
                 request_id=new_request_id(),
-                token=minted.token,
+                jti=minted.jti,
+                issued_at=minted.issued_at,
                 expires_at=minted.expires_at,
                 client_request_id=client_key,
                 idempotency=idempotency,
@@ -118,7 +120,13 @@ class CreditService:
         if outcome.status == "key_conflict" or outcome.receipt is None:
             raise IdempotencyKeyReused()
         rate = self._limiter.state(outcome.window, now) if outcome.window else None
-        return Vended(outcome.receipt, outcome.status == "replayed", rate)
+        receipt = outcome.receipt
+        if outcome.status != "replayed":
+            return Vended(minted.token, receipt, False, rate)
+        token = receipt.token or self._tokens.vended_token(
+            user.user_id, receipt.jti, receipt.issued_at, receipt.expires_at
+        )
+        return Vended(token, receipt, True, rate)
 
     async def grant(
         self,

@@ -45,6 +45,7 @@ class VendedPrincipal(msgspec.Struct, frozen=True):
 class MintedToken(msgspec.Struct, frozen=True):
     token: str
     jti: str
+    issued_at: int
     expires_at: int
 
 
@@ -123,6 +124,13 @@ class TokenAuthority:
         issued = int(now)
         jti = os.urandom(16).hex()  # what `secrets.token_hex` does, minus its Python layers
         expires_at = issued + self._vend_ttl
+        return MintedToken(
+            self.vended_token(user_id, jti, issued, expires_at), jti, issued, expires_at
+        )
+
+    def vended_token(self, user_id: str, jti: str, issued_at: int, expires_at: int) -> str:
+        """The vended token with these claims: the same bytes every time (HS256 is
+        deterministic), which is how a replayed vend returns its first token."""
         claims = {
             "iss": VEND_ISSUER,
             "aud": VEND_AUDIENCE,
@@ -130,11 +138,10 @@ class TokenAuthority:
             "scope": TRANSCRIBE_SCOPE,
             "token_use": "vended",
             "jti": jti,
-            "iat": issued,
+            "iat": issued_at,
             "exp": expires_at,
         }
-        token = self._vend_signer.sign(msgspec.json.encode(claims))
-        return MintedToken(token, jti, expires_at)
+        return self._vend_signer.sign(msgspec.json.encode(claims))
 
     # -- verification --------------------------------------------------------------------
     def _decode(self, token: str, key: bytes, **options: Any) -> dict[str, Any]:

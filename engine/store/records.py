@@ -62,9 +62,13 @@ class RateWindow(msgspec.Struct, frozen=True):
 
 
 class VendOrder(msgspec.Struct, frozen=True):
+    """A vend to charge.  It names its token by `jti` and `issued_at`, not by the token itself:
+    see `VendReceipt`."""
+
     user_id: str
     request_id: str
-    token: str
+    jti: str
+    issued_at: int
     expires_at: int
     client_request_id: str | None
     idempotency: IdempotencyKey | None
@@ -73,13 +77,24 @@ class VendOrder(msgspec.Struct, frozen=True):
     rate: RateWindow | None = None
 
 
-class VendReceipt(msgspec.Struct, frozen=True):
+class VendReceipt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a charge remembers for its replays.
+
+    Not the token itself: a vended token is a function of its claims and the vend key, so `jti`,
+    `issued_at` and `expires_at` sign it again byte for byte (`TokenAuthority.vended_token`).
+    The record is kept for the whole idempotency retention, and on Redis every byte of it is
+    also written to the AOF; without the token it is less than half the size.  `token` is set
+    only in receipts that earlier engines stored, which have no `jti`.
+    """
+
     request_id: str
-    token: str
+    jti: str = ""
+    issued_at: int = 0
     expires_at: int
     balance_after: int
     client_request_id: str | None
     at: str
+    token: str = ""
 
 
 class WindowCount(msgspec.Struct, frozen=True):

@@ -243,7 +243,8 @@ class RedisStore:
             receipt_head = _encode(
                 {
                     "request_id": order.request_id,
-                    "token": order.token,
+                    "jti": order.jti,
+                    "issued_at": order.issued_at,
                     "expires_at": order.expires_at,
                     "client_request_id": order.client_request_id,
                     "at": at,
@@ -275,12 +276,13 @@ class RedisStore:
         balance = int(payload)
         if status == "charged":
             receipt = VendReceipt(
-                order.request_id,
-                order.token,
-                order.expires_at,
-                balance,
-                order.client_request_id,
-                at,
+                request_id=order.request_id,
+                jti=order.jti,
+                issued_at=order.issued_at,
+                expires_at=order.expires_at,
+                balance_after=balance,
+                client_request_id=order.client_request_id,
+                at=at,
             )
             return SpendOutcome(status, balance, receipt, window)
         return SpendOutcome(status, balance, window=window)

@@ -226,12 +226,13 @@ def _charge_or_refuse(
     receipt = None
     if balance > 0:
         receipt = VendReceipt(
-            order.request_id,
-            order.token,
-            order.expires_at,
-            balance - 1,
-            order.client_request_id,
-            at,
+            request_id=order.request_id,
+            jti=order.jti,
+            issued_at=order.issued_at,
+            expires_at=order.expires_at,
+            balance_after=balance - 1,
+            client_request_id=order.client_request_id,
+            at=at,
         )
     key = order.idempotency
     if key is not None:

@@ -42,8 +42,8 @@ class VendController(Controller):
         )
         receipt = vended.receipt
         body = VendResponse(
-            token=receipt.token,
-            service_token=receipt.token,
+            token=vended.token,
+            service_token=vended.token,
             scope=TRANSCRIBE_SCOPE,
             expires_in=max(0, receipt.expires_at - int(services.clock())),
             expires_at=iso(receipt.expires_at),
