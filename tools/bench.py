@@ -106,6 +106,7 @@ class Result:
     requests: int
     statuses: dict[str, int]
     ratio_to_ceiling: float = 0.0
+    ratio_to_health: float = 0.0
     ledger_clean: bool | None = None
     worst_p99_ms: float = 0.0
 
@@ -238,6 +239,9 @@ def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) 
         if redis:
             redis.close()
     ceilings = [r.requests_per_second for r in runs["ceiling"]]
+    # The issue names `GET /health` as the yardstick too; ours pings the store, so it is shown
+    # beside the stricter ceiling rather than instead of it.
+    healths = [r.requests_per_second for r in runs["health"]]
     results = []
     for name, rounds in runs.items():
         statuses: dict[str, int] = {}
@@ -258,6 +262,9 @@ def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) 
                 ratio_to_ceiling=_median(
                     [r.requests_per_second / c for r, c in zip(rounds, ceilings, strict=True)]
                 ),
+                ratio_to_health=_median(
+                    [r.requests_per_second / h for r, h in zip(rounds, healths, strict=True)]
+                ),
                 ledger_clean=all(clean) if clean else None,
                 worst_p99_ms=max(r.p99_ms for r in rounds),
             )
@@ -268,8 +275,8 @@ def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) 
 def table(results: list[Result]) -> str:
     lines = [
         "| store | workers | scenario | req/s | p50 ms | p99 ms | worst p99 | vs ceiling"
-        " | statuses | ledger |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---|",
+        " | vs /health | statuses | ledger |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         ledger = "" if r.ledger_clean is None else ("clean" if r.ledger_clean else "**BROKEN**")
@@ -277,7 +284,7 @@ def table(results: list[Result]) -> str:
         lines.append(
             f"| {r.store} | {r.workers} | {r.scenario} | {r.requests_per_second:,.0f} "
             f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.worst_p99_ms:.2f} | {r.ratio_to_ceiling:.0%} "
-            f"| {statuses} | {ledger} |"
+            f"| {r.ratio_to_health:.0%} | {statuses} | {ledger} |"
         )
     return "\n".join(lines)
 
