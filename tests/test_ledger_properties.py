@@ -45,17 +45,8 @@ async def _run(url: str, batches: list[list[tuple[str, str, int]]]) -> None:
                     )
                 ).status
             if kind == "spend":
-                order = VendOrder(
-                    uid,
-                    f"v{n}-{uuid.uuid4().hex[:4]}",
-                    "jti",
-                    int(now),
-                    int(now) + 900,
-                    None,
-                    None,
-                    CTX,
-                    now,
-                )
+                rid = f"v{n}-{uuid.uuid4().hex[:4]}"
+                order = VendOrder(uid, rid, rid, int(now), int(now) + 900, None, None, CTX, now)
                 return (await store.spend(order)).status
             trail = await store.audit(uid, 1000, 0)
             vends = [e.request_id for e in trail if e.action == "vend"]

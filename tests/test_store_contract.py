@@ -25,18 +25,24 @@ CTX = Context(ip="127.0.0.1", user_agent="contract-test")
 
 
 def vend(
-    user: str, request_id: str, key: IdempotencyKey | None = None, now: float | None = None
+    user: str,
+    request_id: str,
+    key: IdempotencyKey | None = None,
+    now: float | None = None,
+    rate: RateWindow | None = None,
 ) -> VendOrder:
+    at = now or time.time()
     return VendOrder(
         user,
         request_id,
         f"jti-{request_id}",
-        int(time.time()),
-        int(time.time()) + 900,
+        int(at),
+        int(at) + 900,
         key.key if key else None,
         key,
         CTX,
-        now or time.time(),
+        at,
+        rate,
     )
 
 
@@ -177,12 +183,7 @@ async def test_a_vend_counts_itself_in_the_same_window(store: Store) -> None:
     now = time.time()
     await store.hit_window("ann", 60, now)
     rate = RateWindow("ann", 3, 60)
-    outcomes = [
-        await store.spend(
-            VendOrder("ann", f"r{i}", "jti", int(now), int(now) + 900, None, None, CTX, now, rate)
-        )
-        for i in range(4)
-    ]
+    outcomes = [await store.spend(vend("ann", f"r{i}", now=now, rate=rate)) for i in range(4)]
     assert [o.status for o in outcomes] == ["charged", "charged", "rate_limited", "rate_limited"]
     assert [o.window.count for o in outcomes if o.window] == [2, 3, 4, 5]
     trail = await store.audit("ann", 10, 0)
@@ -197,10 +198,7 @@ async def test_every_vend_attempt_counts_whatever_its_outcome(store: Store) -> N
     key = idem("user:ann|vend", "k1")
 
     def attempt(request_id: str, with_key: IdempotencyKey | None) -> VendOrder:
-        client_key = with_key.key if with_key else None
-        return VendOrder(
-            "ann", request_id, "jti", int(now), int(now) + 900, client_key, with_key, CTX, now, rate
-        )
+        return vend("ann", request_id, with_key, now, rate)
 
     statuses = [
         (outcome.status, outcome.window.count if outcome.window else None)
@@ -217,20 +215,7 @@ async def test_every_vend_attempt_counts_whatever_its_outcome(store: Store) -> N
 async def test_a_window_counted_before_the_first_grant_carries_on_after_it(store: Store) -> None:
     now = time.time()
     await store.hit_window("bob", 60, now)
-    refused = await store.spend(
-        VendOrder(
-            "bob",
-            "r0",
-            "jti",
-            int(now),
-            int(now) + 900,
-            None,
-            None,
-            CTX,
-            now,
-            RateWindow("bob", 4, 60),
-        )
-    )
+    refused = await store.spend(vend("bob", "r0", now=now, rate=RateWindow("bob", 4, 60)))
     assert (refused.status, refused.window.count if refused.window else None) == (
         "insufficient",
         2,
@@ -238,20 +223,7 @@ async def test_a_window_counted_before_the_first_grant_carries_on_after_it(store
     await store.grant(grant("bob", 5))
     assert (await store.hit_window("bob", 60, now)).count == 3
     outcomes = [
-        await store.spend(
-            VendOrder(
-                "bob",
-                f"r{i}",
-                "jti",
-                int(now),
-                int(now) + 900,
-                None,
-                None,
-                CTX,
-                now,
-                RateWindow("bob", 4, 60),
-            )
-        )
+        await store.spend(vend("bob", f"r{i}", now=now, rate=RateWindow("bob", 4, 60)))
         for i in range(1, 3)
     ]
     assert [o.status for o in outcomes] == ["charged", "rate_limited"]
@@ -359,18 +331,7 @@ def test_sqlite_file_from_before_account_windows_is_upgraded(tmp_path: object) -
         opened = store_from_url(f"sqlite:///{path}")
         await opened.open()
         now = time.time()
-        order = VendOrder(
-            "ann",
-            "r1",
-            "jti",
-            int(now),
-            int(now) + 900,
-            None,
-            None,
-            CTX,
-            now,
-            RateWindow("ann", 5, 60),
-        )
+        order = vend("ann", "r1", now=now, rate=RateWindow("ann", 5, 60))
         outcome = await opened.spend(order)
         balance = (await opened.balance("ann")).balance
         await opened.close()
