@@ -188,6 +188,11 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
 
+def _median_ratio(rounds: list[Result], yardsticks: list[float]) -> float:
+    """Each round against the yardstick measured in the same round, then the median."""
+    return _median([r.requests_per_second / y for r, y in zip(rounds, yardsticks, strict=True)])
+
+
 def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) -> list[Result]:
     """Every scenario once per round, rounds interleaved, so a slow spell of this shared
     machine hits all scenarios alike; each figure is the median over the rounds, and each
@@ -259,12 +264,8 @@ def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) 
                 p99_ms=_median([r.p99_ms for r in rounds]),
                 requests=sum(r.requests for r in rounds),
                 statuses=statuses,
-                ratio_to_ceiling=_median(
-                    [r.requests_per_second / c for r, c in zip(rounds, ceilings, strict=True)]
-                ),
-                ratio_to_health=_median(
-                    [r.requests_per_second / h for r, h in zip(rounds, healths, strict=True)]
-                ),
+                ratio_to_ceiling=_median_ratio(rounds, ceilings),
+                ratio_to_health=_median_ratio(rounds, healths),
                 ledger_clean=all(clean) if clean else None,
                 worst_p99_ms=max(r.p99_ms for r in rounds),
             )

@@ -309,7 +309,7 @@ class RedisStore:
 
     async def refund(self, order: RefundOrder) -> RefundOutcome:
         user, at = _user(order.user_id), iso(order.now)
-        status, entry_id, body = await self._run(
+        status, entry_id, entry = await self._run(
             self._refund,
             # `:vends` holds the vends that engines before the current layout recorded.
             [user + ":bal", user + ":ledger", user + ":vends"],
@@ -323,7 +323,7 @@ class RedisStore:
         status = _text(status)
         if status != "refunded":
             return RefundOutcome(status)
-        return RefundOutcome(status, _entry.decode(b'{"id":%d,' % entry_id + body))
+        return RefundOutcome(status, _entry_at(entry_id, entry))
 
     async def balance(self, user_id: str) -> BalanceView:
         values = await self._call("HMGET", _user(user_id) + ":bal", "balance", "updated_at")

@@ -22,10 +22,10 @@ from __future__ import annotations
 # scripts run on Redis's one thread, and encoding two tables took a third of a vend's script.
 _APPEND = """
 local function append(action, delta, balance_after, reason, fields)
-  local body = '"action":"' .. action .. '","delta":' .. delta .. ',"balanceAfter":'
+  local entry = '{"action":"' .. action .. '","delta":' .. delta .. ',"balanceAfter":'
     .. balance_after .. ',"reason":' .. reason .. ',' .. fields .. '}'
   -- The new length is the entry's position, which is its id.
-  return redis.call('RPUSH', KEYS[2], '{' .. body), body
+  return redis.call('RPUSH', KEYS[2], entry), entry
 end
 local function balance()
   return tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')
@@ -119,7 +119,7 @@ return {'granted', receipt}
 )
 
 # KEYS: balance, ledger, vends of earlier engines.  ARGV: vend_request_id, reason, entry
-# fields, at.  Returns {status, entry id, entry JSON without its id}.
+# fields, at.  Returns {status, entry id, entry as stored}.
 REFUND = (
     _APPEND
     + """
@@ -132,8 +132,8 @@ if not state then return {'not_found', 0, ''} end
 if state == 'refunded' then return {'already_refunded', 0, ''} end
 local after = balance() + 1
 redis.call('HSET', KEYS[1], 'balance', after, 'updated_at', ARGV[4], field, 'refunded')
-local id, body = append('refund', 1, after, cjson.encode(ARGV[2]), ARGV[3])
-return {'refunded', id, body}
+local id, entry = append('refund', 1, after, cjson.encode(ARGV[2]), ARGV[3])
+return {'refunded', id, entry}
 """
 )
 
