@@ -1,7 +1,7 @@
 """Benchmark the engine with wrk: throughput and latency against the machine's own ceiling.
 
 For each store (SQLite, Redis) and worker count (1, 2) a real engine is started and driven on
-loopback, each scenario for a fixed time per round, rounds interleaved (default 5 x 3 s):
+loopback, each scenario for a fixed time per round, rounds interleaved (default 10 x 2 s):
 
   ceiling      GET /health/services  the same server doing no store work
   health       GET /health           one store ping
@@ -17,6 +17,7 @@ the rounds, and the worst p99) go to bench-results/bench.json and a table on std
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import statistics
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -109,6 +110,7 @@ class Result:
     ratio_to_health: float = 0.0
     ledger_clean: bool | None = None
     worst_p99_ms: float = 0.0
+    ratios_by_round: list[float] = field(default_factory=list)
 
     @property
     def unexpected(self) -> int:
@@ -188,15 +190,23 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
 
-def _median_ratio(rounds: list[Result], yardsticks: list[float]) -> float:
-    """Each round against the yardstick measured in the same round, then the median."""
-    return _median([r.requests_per_second / y for r, y in zip(rounds, yardsticks, strict=True)])
+def _ratios(rounds: list[Result], yardsticks: list[float]) -> list[float]:
+    """Each round against the yardstick measured in the same round."""
+    return [round(r.requests_per_second / y, 3) for r, y in zip(rounds, yardsticks, strict=True)]
+
+
+def _bracketing(ceilings: list[float]) -> list[float]:
+    """Round i's yardstick: the mean of its own ceiling run and the next round's (the last
+    round's next is a closing ceiling run), so every run sits between the two ceilings it is
+    measured against, and a change of the machine's speed during a round hits both alike."""
+    return [(before + after) / 2 for before, after in itertools.pairwise(ceilings)]
 
 
 def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) -> list[Result]:
     """Every scenario once per round, rounds interleaved, so a slow spell of this shared
     machine hits all scenarios alike; each figure is the median over the rounds, and each
-    ratio is taken within its own round before the median."""
+    ratio is taken within its own round (against the ceiling runs that open and close it)
+    before the median."""
     redis = RedisServer().start() if store == "redis" else None
     runs: dict[str, list[Result]] = {}
     try:
@@ -240,10 +250,11 @@ def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) 
                         statuses,
                         flush=True,
                     )
+            closing_ceiling = _wrk(engine.url, scripts["ceiling"], args)[0]
     finally:
         if redis:
             redis.close()
-    ceilings = [r.requests_per_second for r in runs["ceiling"]]
+    ceilings = _bracketing([r.requests_per_second for r in runs["ceiling"]] + [closing_ceiling])
     # The issue names `GET /health` as the yardstick too; ours pings the store, so it is shown
     # beside the stricter ceiling rather than instead of it.
     healths = [r.requests_per_second for r in runs["health"]]
@@ -264,10 +275,11 @@ def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) 
                 p99_ms=_median([r.p99_ms for r in rounds]),
                 requests=sum(r.requests for r in rounds),
                 statuses=statuses,
-                ratio_to_ceiling=_median_ratio(rounds, ceilings),
-                ratio_to_health=_median_ratio(rounds, healths),
+                ratio_to_ceiling=_median(_ratios(rounds, ceilings)),
+                ratio_to_health=_median(_ratios(rounds, healths)),
                 ledger_clean=all(clean) if clean else None,
                 worst_p99_ms=max(r.p99_ms for r in rounds),
+                ratios_by_round=_ratios(rounds, ceilings),
             )
         )
     return results
@@ -294,8 +306,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=int, default=3, help="seconds per scenario run")
-    parser.add_argument("--rounds", type=int, default=5, help="runs of every scenario")
+    parser.add_argument("--duration", type=int, default=2, help="seconds per scenario run")
+    parser.add_argument("--rounds", type=int, default=10, help="runs of every scenario")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stores", default="sqlite,redis")
