@@ -265,6 +265,7 @@ def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) 
             for status, count in r.statuses.items():
                 statuses[status] = statuses.get(status, 0) + count
         clean = [r.ledger_clean for r in rounds if r.ledger_clean is not None]
+        by_round = _ratios(rounds, ceilings)
         results.append(
             Result(
                 store,
@@ -275,11 +276,11 @@ def run_combo(store: str, workers: int, args: argparse.Namespace, folder: Path) 
                 p99_ms=_median([r.p99_ms for r in rounds]),
                 requests=sum(r.requests for r in rounds),
                 statuses=statuses,
-                ratio_to_ceiling=_median(_ratios(rounds, ceilings)),
+                ratio_to_ceiling=_median(by_round),
                 ratio_to_health=_median(_ratios(rounds, healths)),
                 ledger_clean=all(clean) if clean else None,
                 worst_p99_ms=max(r.p99_ms for r in rounds),
-                ratios_by_round=_ratios(rounds, ceilings),
+                ratios_by_round=by_round,
             )
         )
     return results
