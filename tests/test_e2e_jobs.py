@@ -108,9 +108,21 @@ def test_a_lost_job_answers_its_last_state_then_fails_and_is_refunded(
     assert balance_of(engine, "lost-bo") == 1
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def any_store_engine(request: pytest.FixtureRequest, engine: LocalEngine) -> Iterator[LocalEngine]:
+    """The shared SQLite engine, or a Redis one (both with 2 workers)."""
+    if request.param == "sqlite":
+        yield engine
+        return
+    with LocalEngine(redis=True, workers=2, rate_limit_per_minute=0) as redis_engine:
+        yield redis_engine
+
+
 async def test_a_failed_job_is_refunded_once_under_concurrent_polls(
-    engine: LocalEngine, client: httpx.Client, spec_recorder: SpecRecorder
+    any_store_engine: LocalEngine, spec_recorder: SpecRecorder
 ) -> None:
+    engine = any_store_engine
+    client = engine.client
     grant(engine, "fail-cy", 1)
     job_id = _submit(client, engine, "fail-cy", FAILING)
     user = engine.user_headers("fail-cy")

@@ -140,8 +140,10 @@ class TranscriptionService:
             raise _refusal(consumed)
         try:
             reply = await self._client.submit(url, job_id)
-        except BaseException:
-            # Any failure, an EngineError or a cancelled request: the token was not spent.
+        except Exception:
+            # Upstream refused or failed (any EngineError): the token was not spent.  A
+            # cancelled call is not released: upstream may have the job, so the token stays in
+            # flight until its hold runs out.
             await self._release(token.user_id, job_id)
             raise
         upstream_id = jobs.upstream_id(reply.body)
@@ -161,7 +163,7 @@ class TranscriptionService:
 
     async def _release(self, user_id: str, job_id: str) -> None:
         try:
-            await asyncio.shield(self._store.release_token(user_id, job_id))
+            await self._store.release_token(user_id, job_id)
         except StoreUnavailable:
             # The token stays in flight until its hold runs out, then is usable again.
             log.error("token_release_failed", extra={"jobId": job_id, "userId": user_id})
