@@ -39,6 +39,7 @@ CONSUME = """
 if redis.call('HGET', KEYS[1], 'vend:' .. ARGV[1]) == 'refunded' then return 'token_refunded' end
 local held = redis.call('GET', KEYS[2])
 if held then
+  if held == 'in_flight|' .. ARGV[2] .. '|' .. ARGV[5] then return 'consumed' end  -- run again
   if string.sub(held, 1, 5) == 'used|' then return 'token_used' end
   local hold_until = tonumber(string.match(held, '|(%d+)$'))
   if hold_until > tonumber(ARGV[6]) then return 'token_in_use' end

@@ -80,9 +80,13 @@ def consume(conn: Connection, order: ConsumeOrder) -> str:
     if _refunded(conn, order.user_id, order.vend_request_id):
         return "token_refunded"
     held = ops.one(
-        conn.execute("SELECT state, hold_until FROM vend_tokens WHERE jti = ?", (order.jti,))
+        conn.execute(
+            "SELECT state, hold_until, job_id FROM vend_tokens WHERE jti = ?", (order.jti,)
+        )
     )
     if held is not None:
+        if held[2] == order.job_id:  # this very order, run again (a retried batch)
+            return "consumed"
         if held[0] == "used":
             return "token_used"
         if float(held[1]) > order.now:
