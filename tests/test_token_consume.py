@@ -16,15 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from engine.domain.ratelimit import RateLimiter
 from engine.domain.tokens import TokenAuthority
-from engine.domain.transcription import TranscriptionService
+from engine.domain.transcription import (
+    LEGACY_JOB_OWNER_SCOPE,
+    LEGACY_USED_TOKEN_SCOPE,
+    TranscriptionService,
+)
 from engine.errors import EngineError
 from engine.store import Store, store_from_url
+from engine.store.records import StoredResponse
 from engine.upstream.breaker import CircuitBreaker
 from engine.upstream.client import TTTClient
+from engine.upstream.simulator import BackgroundSimulator
 from tests.conftest import make_settings
 
 VIDEO = "https://www.tiktok.com/@racer/video/7300000000000000043"
@@ -120,3 +127,44 @@ async def test_a_submission_held_between_steps_cannot_spend_a_spent_token(
     outcomes = sorted(str(getattr(o, "status_code", o)) for o in (first, second))
     assert len(jobs) == 1, f"one token bought {len(jobs)} upstream jobs: {outcomes}"
     assert outcomes in (["202", "token_used"], ["202", "token_in_use"]), outcomes
+
+
+async def test_records_of_the_engine_before_jobs_still_hold(
+    tmp_path: Path, fresh_simulator: BackgroundSimulator
+) -> None:
+    """A token an earlier engine spent stays spent; a job it submitted stays pollable."""
+    settings = make_settings(f"sqlite:///{tmp_path / 's.db'}", fresh_simulator.url)
+    store = store_from_url(settings.store_url)
+    await store.open()
+    client = TTTClient(
+        settings.ttt_base,
+        settings.ttt_secret,
+        CircuitBreaker("t", failure_threshold=5, cooldown_seconds=30),
+        transcribe_timeout=5,
+        status_timeout=5,
+    )
+    service = TranscriptionService(store, client, RateLimiter(store, 0), settings, time.time)
+    tokens = TokenAuthority(settings)
+    principal = tokens.verify_vended(tokens.mint_vended("old", time.time()).token)
+    now = time.time()
+    try:
+        old_job = (await client.submit(VIDEO, "legacy")).body["id"]
+        kept = StoredResponse("", 202, b"{}")
+        await store.remember(LEGACY_USED_TOKEN_SCOPE, principal.jti, kept, 3600, now)
+        await store.remember(
+            LEGACY_JOB_OWNER_SCOPE, old_job, StoredResponse("", 200, b"old"), 3600, now
+        )
+        with pytest.raises(EngineError) as refused:
+            await service.submit(principal, VIDEO, None)
+        polled = await service.status(principal, old_job)
+        with pytest.raises(EngineError) as other:
+            await service.status(
+                tokens.verify_vended(tokens.mint_vended("eve", now).token), old_job
+            )
+    finally:
+        await client.aclose()
+        await store.close()
+    assert refused.value.error_code == "token_used"
+    assert msgspec.json.decode(polled.body)["jobId"] == old_job
+    assert other.value.error_code == "job_not_found"
+    assert fresh_simulator.app.stats.jobs_created == 1

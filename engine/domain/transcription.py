@@ -50,6 +50,10 @@ from engine.upstream.client import TTTClient
 
 log = logging.getLogger("engine.jobs")
 JOB_RETENTION_SECONDS = 7 * 24 * 3600
+# Where engines before the job records kept a used token and a job's owner (for 7 days): read
+# so that an upgrade neither lets such a token buy a second job nor loses such a job.
+LEGACY_USED_TOKEN_SCOPE = "token-used"  # noqa: S105 - a store scope name, not a secret
+LEGACY_JOB_OWNER_SCOPE = "job-owner"
 # Recording an accepted job is retried this many times inline (with these pauses), then in
 # the background for as long as `_BACKGROUND_RECORD_SECONDS`: the user paid for that job.
 _RECORD_PAUSES = (0.05, 0.2, 0.5)
@@ -123,6 +127,8 @@ class TranscriptionService:
                 if stored.fingerprint != fingerprint:
                     raise IdempotencyKeyReused()
                 return JobReply(stored.status_code, stored.body, True, rate)
+        if await self._store.recall(LEGACY_USED_TOKEN_SCOPE, token.jti, now) is not None:
+            raise _refusal("token_used")
         job_id = new_job_id()
         consumed = await self._store.consume_token(
             ConsumeOrder(
@@ -217,11 +223,21 @@ class TranscriptionService:
         rate = await self._limiter.hit(caller.user_id, now)
         record = await self._store.job(caller.user_id, job_id)
         if record is None:
-            # The same answer for "no such job" and "someone else's job": ids are not an oracle.
-            raise NotFound("Job not found", code="job_not_found", details={"jobId": job_id})
+            return JobReply(
+                200, await self._legacy_status(caller.user_id, job_id, now), False, rate
+            )
         if record.state not in jobs.TERMINAL and record.upstream_id:
             record = await self._poll_upstream(record) or record
         return JobReply(200, jobs.render(record), False, rate)
+
+    async def _legacy_status(self, user_id: str, job_id: str, now: float) -> bytes:
+        """A job an earlier engine submitted (its id is upstream's): proxied as it was then."""
+        owner = await self._store.recall(LEGACY_JOB_OWNER_SCOPE, job_id, now)
+        if owner is None or owner.body.decode() != user_id:
+            # The same answer for "no such job" and "someone else's job": ids are not an oracle.
+            raise NotFound("Job not found", code="job_not_found", details={"jobId": job_id})
+        reply = await self._client.status(job_id)
+        return jobs.status_body(reply.body, job_id)[0]
 
     async def _poll_upstream(self, record: JobRecord) -> JobRecord | None:
         try:
