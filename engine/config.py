@@ -47,6 +47,25 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds; fractions allowed (tests probe every 0.2 s)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {raw}")
+    return value
+
+
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """`CORS_ORIGINS`: a comma list of origins (`*` for any); empty means no CORS."""
+    return tuple(o.strip().rstrip("/") for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+
+
 def generate_missing_secrets(env: Mapping[str, str]) -> dict[str, str]:
     """Dev mode: invent each secret that no alias provides.
 
@@ -93,6 +112,8 @@ class Settings:
     breaker_cooldown_seconds: float = 30.0
     build_ref: str = "unknown"
     dev_mode: bool = False
+    ttt_probe_interval_seconds: float = 10.0
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +158,8 @@ class Settings:
             breaker_cooldown_seconds=float(_int(env, "BREAKER_COOLDOWN_SECONDS", 30, 1)),
             build_ref=env.get("BUILD_REF", "").strip() or "unknown",
             dev_mode=dev,
+            ttt_probe_interval_seconds=_seconds(env, "TTT_PROBE_INTERVAL_SECONDS", 10.0),
+            cors_origins=_origins(env),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -82,7 +82,7 @@ class Services:
             ttt=ttt,
             transcription=TranscriptionService(store, ttt, limiter, settings, clock),
             metadata=MetadataService(store, fetcher, clock),
-            monitor=UpstreamMonitor(ttt),
+            monitor=UpstreamMonitor(ttt, settings.ttt_probe_interval_seconds),
             fetcher=fetcher,
             clock=clock,
         )

@@ -107,7 +107,7 @@ async def test_submit_sends_auth_agent_and_request_id_once() -> None:
         (httpx.Response(400, json={"error": "invalid_url"}), 400, "upstream_client_error"),
         (httpx.Response(429, json={"error": "rate_limited"}), 429, "upstream_client_error"),
         (httpx.Response(500, json={"error": "processing_failed"}), 502, "upstream_error"),
-        (httpx.Response(503, text="<html>down</html>"), 502, "upstream_error"),
+        (httpx.Response(503, text="<html>down</html>"), 503, "upstream_unavailable"),
         (httpx.Response(202, text="{not json"), 502, "upstream_bad_response"),
         (httpx.Response(202, json={"status": "queued"}), 502, "upstream_bad_response"),
         (httpx.Response(202, json=[1, 2]), 502, "upstream_bad_response"),
@@ -122,6 +122,36 @@ async def test_submit_maps_upstream_answers(
         await _client().submit("https://www.tiktok.com/@u/video/1", "r")
     assert (caught.value.status_code, caught.value.error_code) == (status, code)
     assert route.call_count == 1  # never retried
+
+
+NOT_READY = {
+    "error": "service_unavailable",
+    "message": "TTTranscribe is not ready yet",
+    "details": {"reason": "missing secrets", "missing": ["HF_API_KEY"]},
+}
+
+
+@pytest.mark.parametrize(
+    ("headers", "retry_after"),
+    [({}, "30"), ({"Retry-After": "7"}, "7"), ({"Retry-After": "x"}, "30")],
+)
+@respx.mock
+async def test_readiness_503_is_upstream_unavailable_counted_once(
+    headers: dict[str, str], retry_after: str
+) -> None:
+    respx.post(f"{BASE}/transcribe").mock(
+        return_value=httpx.Response(503, json=NOT_READY, headers=headers)
+    )
+    client = _client()
+    with pytest.raises(EngineError) as caught:
+        await client.submit("https://www.tiktok.com/@u/video/1", "r")
+    error = caught.value
+    assert (error.status_code, error.error_code) == (503, "upstream_unavailable")
+    assert error.headers["Retry-After"] == retry_after
+    assert error.details["reason"] == "missing secrets"
+    assert error.details["missing"] == ["HF_API_KEY"]
+    snap = client.breaker.snapshot()
+    assert (snap.calls_seen, snap.consecutive_failures) == (1, 1)
 
 
 @respx.mock

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 
@@ -30,6 +31,7 @@ from engine.http.controllers.transcription import TranscriptionController
 from engine.http.controllers.vend import VendController
 from engine.http.dependencies import provide_services
 from engine.http.errors import handle_exception
+from engine.http.head import head_as_get
 from engine.services import Services
 from engine.store import Store, StoreUnavailable, store_from_url
 
@@ -65,17 +67,19 @@ def create_app(
         if owns_store:
             await services.store.open()
         purger = asyncio.create_task(_purge_forever(services))
+        prober = asyncio.create_task(services.monitor.run())
         try:
             yield
         finally:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            for task in (purger, prober):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await services.aclose()
             if owns_store:
                 await services.store.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             HealthController,
             CreditsController,
@@ -92,6 +96,32 @@ def create_app(
         openapi_config=None,
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
+        cors_config=_cors(settings),
+    )
+    app.asgi_handler = head_as_get(app.asgi_handler)
+    return app
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """`CORS_ORIGINS` (default none): browsers on those origins may call every route.
+
+    Litestar's CORS middleware answers preflights itself (204 with the allowed methods and
+    headers) and adds `Access-Control-Allow-Origin` to every response for a listed origin.
+    Credentials are not allowed: the API authenticates with Bearer headers, not cookies.
+    """
+    if not settings.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Client-Request-Id"],
+        expose_headers=[
+            "Retry-After",
+            "RateLimit",
+            "RateLimit-Policy",
+            "Idempotent-Replayed",
+        ],
+        max_age=600,
     )
 
 
