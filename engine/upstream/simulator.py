@@ -23,8 +23,7 @@ snake_case keys), `DELETE /__faults` clears them, `POST /__restart` forgets ever
 created, webhooks sent, delivered and failed).
 
 It also serves TikTok-like pages at `/{host}/{path}` for the metadata fetcher in dev mode and
-tests: `@huge` is oversized, `@slow` hangs, `@missing` is 404, `@broken` is 500, and the short
-links `vm.tiktok.com/EVIL` and `/LOOP` redirect out of the allow-list and in a circle.
+tests (`sim_tiktok.py`).
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ import msgspec
 import uvicorn
 
 from engine.timeutil import iso
+from engine.upstream.sim_tiktok import tiktok_page
 from engine.upstream.sim_webhooks import WebhookSender, usage_of, webhook_payload
 
 Scope = dict[str, Any]
@@ -171,7 +171,8 @@ class Simulator:
                 return 503, {"ready": False, **_NOT_READY}, {}
             return 200, {"ready": True, "checkedAt": int(time.time() * 1000)}, {}
         if path.split("/")[1:2] and path.split("/")[1].endswith("tiktok.com") and method == "GET":
-            return await self._page(path)
+            self.stats.meta_fetches += 1
+            return await tiktok_page(path)
         if not self._authorised(headers):
             self.stats.unauthorized += 1
             return (
@@ -439,40 +440,6 @@ class Simulator:
             self.stats.webhooks_failed.append({"jobId": payload["jobId"], "lastError": error})
         else:
             self.stats.webhooks_delivered += 1
-
-    # -- TikTok stand-in -----------------------------------------------------------------
-    async def _page(self, path: str) -> tuple[int, Any, dict[str, str]]:
-        self.stats.meta_fetches += 1
-        host, _, rest = path[1:].partition("/")
-        html = {"content-type": "text/html; charset=utf-8"}
-        if host in ("vm.tiktok.com", "vt.tiktok.com"):
-            code = rest.strip("/")
-            if code == "EVIL":
-                return 302, b"", {"location": "http://127.0.0.1:9/internal"}
-            if code == "LOOP":
-                return 302, b"", {"location": f"https://{host}/LOOP/"}
-            digits = str(int.from_bytes(code.encode()[:6].ljust(6, b"0"), "big"))
-            return 301, b"", {"location": f"https://www.tiktok.com/@sim/video/{digits}"}
-        match = re.match(r"^@([\w.-]+)/video/(\d+)", rest)
-        if not match:
-            return 404, b"not found", html
-        user, video = match.groups()
-        if user == "missing":
-            return 404, b"<html>gone</html>", html
-        if user == "broken":
-            return 500, b"<html>error</html>", html
-        if user == "slow":
-            await asyncio.sleep(3600)
-        if user == "huge":
-            return 200, b"<html>" + b"x" * (3 * 1024 * 1024) + b"</html>", html
-        page = (
-            f"<html><head><title>Video {video} by @{user} | TikTok</title>"
-            f'<meta property="og:title" content="Video {video} by @{user}"/>'
-            f'<meta property="og:description" content="A simulated clip about credits #pluct"/>'
-            f'</head><body><script>{{"author":"{user.title()} Sim","uniqueId":"{user}",'
-            f'"duration":37}}</script></body></html>'
-        )
-        return 200, page.encode(), html
 
 
 def _bound_socket(host: str, port: int) -> socket.socket:
