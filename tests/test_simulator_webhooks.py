@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from engine.local import free_port
 from engine.upstream.simulator import BackgroundSimulator
+from tests.test_upstream_health import SimulatorProcess
 
 SECRET = "sim-webhook-secret-0123456789abcdef"
 WEBHOOK_SECRET = "webhook-only-secret-0123456789abcd"
@@ -51,25 +53,27 @@ class Receiver:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    def wait_for(
+        self, count: int, timeout: float = 10.0, secret: str = WEBHOOK_SECRET
+    ) -> list[dict[str, Any]]:
         with self._arrived:
             assert self._arrived.wait_for(lambda: len(self.received) >= count, timeout), (
                 f"{len(self.received)} webhooks arrived, expected {count}"
             )
-        return [verified(headers, body) for headers, body in self.received]
+        return [verified(headers, body, secret) for headers, body in self.received]
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
 
 
-def verified(headers: dict[str, str], raw: bytes) -> dict[str, Any]:
+def verified(headers: dict[str, str], raw: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, Any]:
     """§8.3, written from the reference, not from the simulator's code."""
     body = json.loads(raw)
     signed = {k: body[k] for k in ("jobId", "requestId", "status", "usage", "timestamp")}
     signed["idempotencyKey"] = body["idempotencyKey"]
     text = json.dumps(signed, separators=(",", ":"), ensure_ascii=False)
-    expected = hmac.new(WEBHOOK_SECRET.encode(), text.encode(), hashlib.sha256).hexdigest()
+    expected = hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
     assert hmac.compare_digest(headers["x-tttranscribe-signature"], expected)
     assert body["signature"] == expected
     key = hashlib.sha256(f"{body['jobId']}-{body['status']}-{body['timestamp']}".encode())
@@ -183,3 +187,17 @@ def test_not_ready_gate_on_ready_and_transcribe(sim: httpx.Client) -> None:
     assert "retry-after" not in refused.headers
     assert sim.post("/transcribe", content=b"{bad").status_code == 400  # JSON is parsed first
     assert sim.post("/__restart").json() == {"restarted": True}
+
+
+def test_the_simulator_process_takes_its_webhook_target_from_the_command_line(
+    receiver: Receiver,
+) -> None:
+    """`pluct-engine simulator --webhook-url`: signed with the shared secret (no other set)."""
+    sim = SimulatorProcess(free_port(), SECRET, receiver.url).start()
+    try:
+        with httpx.Client(base_url=sim.url, headers=AUTH, timeout=10) as client:
+            job = submit(client, "https://www.tiktok.com/@fail/video/6", "req-6")
+            [hook] = receiver.wait_for(1, timeout=15, secret=SECRET)  # after ~2 s, unpolled
+    finally:
+        sim.kill()
+    assert (hook["jobId"], hook["status"], hook["requestId"]) == (job, "failed", "req-6")

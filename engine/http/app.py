@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 
 import httpx
 from litestar import Litestar
-from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 
@@ -29,6 +28,7 @@ from engine.http.controllers.metadata import MetadataController
 from engine.http.controllers.spec import openapi_spec
 from engine.http.controllers.transcription import TranscriptionController
 from engine.http.controllers.vend import VendController
+from engine.http.cors import cors_config, drop_unlisted_origins
 from engine.http.dependencies import provide_services
 from engine.http.errors import handle_exception
 from engine.http.head import head_as_get
@@ -96,33 +96,11 @@ def create_app(
         openapi_config=None,
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
-        cors_config=_cors(settings),
+        cors_config=cors_config(settings),
     )
-    app.asgi_handler = head_as_get(app.asgi_handler)
+    # Both act before routing, so they wrap the root handler (CORS middleware included).
+    app.asgi_handler = head_as_get(drop_unlisted_origins(app.asgi_handler, app.cors_config))
     return app
-
-
-def _cors(settings: Settings) -> CORSConfig | None:
-    """`CORS_ORIGINS` (default none): browsers on those origins may call every route.
-
-    Litestar's CORS middleware answers preflights itself (204 with the allowed methods and
-    headers) and adds `Access-Control-Allow-Origin` to every response for a listed origin.
-    Credentials are not allowed: the API authenticates with Bearer headers, not cookies.
-    """
-    if not settings.cors_origins:
-        return None
-    return CORSConfig(
-        allow_origins=list(settings.cors_origins),
-        allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Client-Request-Id"],
-        expose_headers=[
-            "Retry-After",
-            "RateLimit",
-            "RateLimit-Policy",
-            "Idempotent-Replayed",
-        ],
-        max_age=600,
-    )
 
 
 def create_server_app() -> Litestar:
