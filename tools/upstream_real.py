@@ -204,13 +204,21 @@ def happy_path(ttt_dir: Path, journey: Journey) -> None:
         journey.step(
             "balance after", after, refunded=body.get("creditsRefunded"), jobStatus=body["status"]
         )
+        if body.get("status") == "failed" and "creditsRefunded" in body:
+            # an engine that refunds failed jobs: once, and the balance is back
+            journey.expect(body["creditsRefunded"] == 1, "creditsRefunded: 1")
+            journey.expect(after.json().get("balance") == 1, "the failed job's credit refunded")
         verify = engine.ledger_verify()
         journey.step("ledger verify", exitCode=verify.returncode, out=verify.stdout[-500:])
         journey.expect(verify.returncode == 0, "ledger verify")
         # The upstream's webhook (§8) went to the engine's /webhooks/tttranscribe: a 2xx or 409
         # leaves its failed queue empty, anything else (a 404 before that route exists) not.
         queue = httpx.get(upstream.url + "/admin/webhook-queue", headers={"X-Engine-Auth": secret})
-        journey.step("upstream webhook queue", queue)
+        receiver = engine.client.post("/webhooks/tttranscribe", json={})
+        has_receiver = receiver.json().get("code") != "route_not_found"
+        journey.step("upstream webhook queue", queue, engineHasWebhookRoute=has_receiver)
+        if has_receiver:
+            journey.expect(queue.json().get("totalFailed") == 0, "the webhook was delivered")
         journey.step("upstream log tail", log=upstream.log.read_text()[-1500:])
     finally:
         engine.close()
