@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import msgspec
@@ -44,7 +44,7 @@ from engine.store.records import (
     GrantOutcome,
     GrantReceipt,
     IdempotencyKey,
-    LedgerSnapshot,
+    LedgerChunk,
     RefundOrder,
     RefundOutcome,
     SpendOutcome,
@@ -69,6 +69,8 @@ REPLY_TIMEOUT_SECONDS = 5.0
 # running a spend twice would charge twice.  The caller gets a 503; its idempotency key is what
 # makes its own retry safe.
 NO_RETRY = Retry(NoBackoff(), 0)
+# Users whose ledger heads `read_ledger` asks for at once.
+LEDGER_USERS_PER_BATCH = 256
 
 
 def _user(user_id: str) -> str:
@@ -163,7 +165,7 @@ class RedisStore:
         self._spend = self._redis.register_script(lua.SPEND)
         self._grant = self._redis.register_script(lua.GRANT)
         self._refund = self._redis.register_script(lua.REFUND)
-        self._user_snapshot = self._redis.register_script(lua.USER_SNAPSHOT)
+        self._ledger_head = self._redis.register_script(lua.LEDGER_HEAD)
         self._hit = self._redis.register_script(lua.HIT_WINDOW)
         self._remember = self._redis.register_script(lua.REMEMBER)
         self._release = self._redis.register_script(lua.RELEASE)
@@ -335,23 +337,57 @@ class RedisStore:
         raw = await self._call("LRANGE", _user(user_id) + ":ledger", after_id, after_id + limit - 1)
         return [_entry_at(after_id + offset + 1, item) for offset, item in enumerate(raw)]
 
-    async def snapshot(self) -> LedgerSnapshot:
-        """Per user atomic (balance and ledger in one script); users are read one by one."""
-        balances: dict[str, int] = {}
-        entries: list[AuditEntry] = []
-        users: set[str] = set()
-        async for key in self._redis.scan_iter(match="{u:*}:*", count=1000):
-            name = _text(key)
-            if name.endswith((":bal", ":ledger")):
-                users.add(name[3 : name.rindex("}")])
-        for user_id in sorted(users):
-            user = _user(user_id)
-            balance, raw = await self._run(
-                self._user_snapshot, [user + ":bal", user + ":ledger"], []
+    async def read_ledger(self, chunk_size: int = 1000) -> AsyncIterator[LedgerChunk]:
+        """Users found by SCAN (those with a ledger, then those with only a balance), a batch
+        of users' heads at a time: on a single Redis the batch's scripts share one pipelined
+        write.  Each user's balance is read with their ledger's length in one script; the
+        entries up to that length are then paged with LRANGE.  Memory: one batch of pages and
+        the set of user ids seen (SCAN may return a key twice)."""
+        seen: set[str] = set()
+        for pattern, kind in (("{u:*}:ledger", "list"), ("{u:*}:bal", "hash")):
+            batch: list[str] = []
+            async for key in self._redis.scan_iter(match=pattern, count=1000, _type=kind):
+                name = _text(key)
+                user_id = name[3 : name.rindex("}")]
+                if user_id not in seen:
+                    seen.add(user_id)
+                    batch.append(user_id)
+                if len(batch) >= LEDGER_USERS_PER_BATCH:
+                    async for chunk in self._read_users(batch, chunk_size):
+                        yield chunk
+                    batch = []
+            async for chunk in self._read_users(batch, chunk_size):
+                yield chunk
+
+    async def _read_users(self, users: list[str], chunk_size: int) -> AsyncIterator[LedgerChunk]:
+        heads = await asyncio.gather(
+            *(
+                self._run(
+                    self._ledger_head, [_user(u) + ":bal", _user(u) + ":ledger"], [chunk_size]
+                )
+                for u in users
             )
-            balances[user_id] = int(balance)
-            entries.extend(_entry_at(position, item) for position, item in enumerate(raw, 1))
-        return LedgerSnapshot(balances, entries)
+        )
+        for user_id, (raw_balance, length, first) in zip(users, heads, strict=True):
+            balance = int(raw_balance) if raw_balance not in (b"", "") else None
+            entries = [_entry_at(position, item) for position, item in enumerate(first, 1)]
+            yield LedgerChunk(user_id, balance, entries)
+            done = len(first)
+            while done < int(length):
+                stop = min(int(length), done + chunk_size) - 1
+                page = await self._call("LRANGE", _user(user_id) + ":ledger", done, stop)
+                yield LedgerChunk(
+                    user_id,
+                    balance,
+                    [_entry_at(done + offset + 1, item) for offset, item in enumerate(page)],
+                )
+                done += len(page)
+                if not page:
+                    break
+
+    async def ledger_size(self) -> int | None:
+        """Unknown without a pass over every user."""
+        return None
 
     # -- request bookkeeping -------------------------------------------------------------
     async def hit_window(self, subject: str, window_seconds: int, now: float) -> WindowCount:

@@ -137,9 +137,13 @@ return {'refunded', id, entry}
 """
 )
 
-# KEYS: balance, ledger.  One user's balance and whole ledger at one instant.
-USER_SNAPSHOT = """
-return {redis.call('HGET', KEYS[1], 'balance') or '0', redis.call('LRANGE', KEYS[2], 0, -1)}
+# KEYS: balance, ledger.  ARGV: page size.  One user's balance ('' without an account), ledger
+# length and first page at one instant; the list is append-only, so the rest of that length
+# reads the same afterwards, page by page (`RedisStore.read_ledger`).
+LEDGER_HEAD = """
+local length = redis.call('LLEN', KEYS[2])
+return {redis.call('HGET', KEYS[1], 'balance') or '', length,
+  redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)}
 """
 
 # KEYS: window counter.  ARGV: expires_at_ms.

@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import TypeVar, cast
 
+from engine.store import sqlite_ledger
 from engine.store import sqlite_ops as ops
 from engine.store.protocol import StoreUnavailable
 from engine.store.records import (
@@ -28,7 +29,7 @@ from engine.store.records import (
     GrantOrder,
     GrantOutcome,
     IdempotencyKey,
-    LedgerSnapshot,
+    LedgerChunk,
     RefundOrder,
     RefundOutcome,
     SpendOutcome,
@@ -228,19 +229,38 @@ class SQLiteStore:
 
         return await self._read(read)
 
-    async def snapshot(self) -> LedgerSnapshot:
-        def read(conn: Connection) -> LedgerSnapshot:
-            conn.execute("BEGIN")
+    async def read_ledger(self, chunk_size: int = 1000) -> AsyncIterator[LedgerChunk]:
+        """One read transaction on a connection and thread of its own, so a verify of a
+        large ledger neither holds the loop nor a reader that requests wait for."""
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1, thread_name_prefix="sqlite-ledger") as thread:
+            conn = await loop.run_in_executor(thread, self._stream_connection)
+            chunks = sqlite_ledger.ledger_chunks(conn, chunk_size)
             try:
-                accounts = conn.execute("SELECT user_id, balance FROM accounts")
-                balances = {user: int(balance) for user, balance in accounts}
-                rows = conn.execute(f"SELECT {ops.ENTRY_COLUMNS} FROM ledger ORDER BY id")
-                entries = [ops.entry(row) for row in rows]
+                # One batch read ahead: the thread steps SQLite (GIL released) while the
+                # caller checks the batch before.
+                ahead = loop.run_in_executor(thread, next, chunks, None)
+                while batch := await ahead:
+                    ahead = loop.run_in_executor(thread, next, chunks, None)
+                    for chunk in batch:
+                        yield chunk
             finally:
-                conn.execute("COMMIT")
-            return LedgerSnapshot(balances, entries)
+                await loop.run_in_executor(thread, chunks.close)
+                await loop.run_in_executor(thread, conn.close)
 
-        return await self._read(read)
+    def _stream_connection(self) -> Connection:
+        """Not `_connect`: setting the journal mode would write to a file that verify only
+        reads (and the caller has checked that it exists)."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    async def ledger_size(self) -> int | None:
+        conn = self._stream_connection()  # a b-tree's last key: no need for a thread
+        try:
+            return sqlite_ledger.ledger_size(conn)
+        finally:
+            conn.close()
 
     # -- request bookkeeping -------------------------------------------------------------
     async def hit_window(self, subject: str, window_seconds: int, now: float) -> WindowCount:

@@ -1,0 +1,163 @@
+"""`ledger prefill`: a year of history in minutes, for benchmarks of a grown store.
+
+It drives the store's own domain operations (grant, spend, refund, remember), many at once, so
+each backend's batch path does the writing (SQLite's group commit merges one loop turn's
+operations into one transaction; Redis's command batcher pipelines them), and what lands in
+the store is exactly what a serving engine writes: real entries, real idempotency records,
+real refusals, which `ledger verify` and `serve` use as is.
+
+The simulated clock runs over the year before now, so idempotency records of all but the last
+day have expired; the purge at the end removes them, as a running engine's would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from engine.store.protocol import Store
+from engine.store.records import (
+    Context,
+    GrantOrder,
+    GrantOutcome,
+    IdempotencyKey,
+    RefundOrder,
+    RefundOutcome,
+    StoredResponse,
+    VendOrder,
+)
+
+Operation = Callable[[Store], Awaitable[str]]
+
+YEAR_SECONDS = 365 * 24 * 3600
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+VENDED_TOKEN_TTL_SECONDS = 900
+OPERATIONS_AT_ONCE = 512
+_VEND_FINGERPRINT = "prefill-vend"
+_CONTEXTS = [
+    Context(ip=f"10.{i % 250}.{i // 250 % 250}.{i % 7 + 1}", user_agent=agent)
+    for i, agent in enumerate(["PluctAndroid/2.3.1 (okhttp)", "PluctAndroid/2.4.0 (okhttp)"] * 32)
+]
+
+
+@dataclass
+class Prefilled:
+    entries: int = 0
+    users: int = 0
+    actions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _User:
+    user_id: str
+    granted: bool = False
+    vends: list[str] = field(default_factory=list)  # the last few, for refunds
+    keys: list[str] = field(default_factory=list)  # the last few idempotency keys, for replays
+
+
+class _Workload:
+    """Chooses each next operation like a year of app traffic: mostly keyed vends, a grant
+    when a user starts and now and then after, a vend on an empty balance (a refusal), a
+    refund of a recent vend, a retried request (a replay, no entry), a remembered response."""
+
+    def __init__(self, users: int, seed: int) -> None:
+        self._rng = random.Random(seed)
+        self._users = [_User(f"prefill-{seed}-{n:07d}") for n in range(users)]
+        self._serial = 0
+
+    def user(self) -> _User:
+        return self._users[self._rng.randrange(len(self._users))]
+
+    def next_operation(self, now: float) -> Operation:
+        user, roll = self.user(), self._rng.random()
+        self._serial += 1
+        context = _CONTEXTS[self._serial % len(_CONTEXTS)]
+        request_id = "req_" + os.urandom(16).hex()
+        if not user.granted or roll < 0.05:
+            user.granted = True
+            # About 0.8 credits an operation against 0.88 vends: some vends find nothing left.
+            amount = self._rng.choice((5, 10, 20, 30))
+            grant = GrantOrder(user.user_id, amount, request_id, "purchase", None, context, now)
+            return lambda store: _status(store.grant(grant))
+        if roll < 0.07 and user.vends:
+            vend = user.vends.pop(self._rng.randrange(len(user.vends)))
+            refund = RefundOrder(user.user_id, vend, "upstream_failed", context, now)
+            return lambda store: _status(store.refund(refund))
+        if roll < 0.09:
+            scope = f"admin|credits-add|{user.user_id}"
+            response = StoredResponse("fp", 200, b'{"ok":true}')
+            return lambda store: _remembered(
+                store.remember(scope, request_id, response, IDEMPOTENCY_TTL_SECONDS, now)
+            )
+        replay = roll < 0.12 and bool(user.keys)
+        key = self._rng.choice(user.keys) if replay else f"app-{self._serial}"
+        if not replay:
+            user.keys = [*user.keys[-3:], key]
+        idem = IdempotencyKey(
+            f"user:{user.user_id}|vend-token", key, _VEND_FINGERPRINT, now + IDEMPOTENCY_TTL_SECONDS
+        )
+        order = VendOrder(
+            user_id=user.user_id,
+            request_id=request_id,
+            jti="jti_" + request_id[4:28],
+            issued_at=int(now),
+            expires_at=int(now) + VENDED_TOKEN_TTL_SECONDS,
+            client_request_id=key,
+            idempotency=idem,
+            context=context,
+            now=now,
+        )
+        return lambda store: _spend(store, user, order)
+
+    @property
+    def users(self) -> int:
+        return sum(1 for u in self._users if u.granted)
+
+
+async def _status(outcome: Awaitable[GrantOutcome | RefundOutcome]) -> str:
+    return (await outcome).status
+
+
+async def _remembered(stored: Awaitable[StoredResponse]) -> str:
+    await stored
+    return "remembered"
+
+
+async def _spend(store: Store, user: _User, order: VendOrder) -> str:
+    outcome = await store.spend(order)
+    if outcome.status == "charged":
+        user.vends = [*user.vends[-7:], order.request_id]
+    return outcome.status
+
+
+# Statuses that appended one ledger entry.
+_WROTE_ENTRY = {"granted", "charged", "insufficient", "refunded", "rate_limited"}
+
+
+async def run_prefill(store: Store, entries: int, users: int, seed: int) -> Prefilled:
+    """Append at least `entries` entries (the last batch may add a few more)."""
+    finished = time.time()
+    started = finished - YEAR_SECONDS
+    workload = _Workload(users, seed)
+    statuses: Counter[str] = Counter()
+    written = 0
+    await store.open()
+    try:
+        while written < entries:
+            now = started + YEAR_SECONDS * written / entries
+            batch = [
+                workload.next_operation(now)
+                for _ in range(min(OPERATIONS_AT_ONCE, max(1, entries - written)))
+            ]
+            results = await asyncio.gather(*(operation(store) for operation in batch))
+            statuses.update(results)
+            written += sum(1 for status in results if status in _WROTE_ENTRY)
+        await store.purge_expired(time.time())
+    finally:
+        await store.close()
+    return Prefilled(written, workload.users, dict(sorted(statuses.items())))

@@ -1,0 +1,73 @@
+"""SQLite reads and upkeep that run beside the request path, on a thread of their own:
+the streamed ledger for `ledger verify`, and the expiry purge in small batches.
+
+Both are written as plain blocking functions of one connection; `SQLiteStore` decides which
+thread runs them and when.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Generator
+
+from engine.store import sqlite_ops as ops
+from engine.store.records import AuditEntry, LedgerChunk
+
+Connection = sqlite3.Connection
+# `ledger_by_user (user_id, id)` gives this order without a sort, however long the ledger.
+_ENTRIES_BY_USER = f"SELECT {ops.ENTRY_COLUMNS} FROM ledger ORDER BY user_id, id"
+_ACCOUNTS_BY_USER = "SELECT user_id, balance FROM accounts ORDER BY user_id"
+
+
+def ledger_chunks(conn: Connection, chunk_size: int) -> Generator[list[LedgerChunk], None, None]:
+    """Accounts and entries merged by user id, inside one read transaction (one snapshot of
+    the file), as lists of chunks of about `chunk_size` entries in all: one list per call is
+    what a thread hands back to the loop, so the hop costs per thousand entries, not per one.
+
+    User ids are ASCII (`engine.domain` validates them), so SQLite's BINARY order and Python's
+    string order agree and the two cursors can be merged here.
+    """
+    conn.execute("BEGIN")
+    try:
+        accounts = conn.execute(_ACCOUNTS_BY_USER)
+        entries = conn.cursor().execute(_ENTRIES_BY_USER)
+        account = accounts.fetchone()
+        # The user of the last chunk, and their balance: their entries may go on in the next
+        # batch of rows, whose chunk then continues the same user.
+        last: tuple[str, int | None] = ("", None)
+        while rows := entries.fetchmany(chunk_size):
+            out: list[LedgerChunk] = []
+            start = 0
+            while start < len(rows):
+                user = rows[start][1]
+                end = start + 1
+                while end < len(rows) and rows[end][1] == user:
+                    end += 1
+                if user != last[0]:
+                    while account is not None and account[0] < user:
+                        out.append(LedgerChunk(account[0], int(account[1]), []))
+                        account = accounts.fetchone()
+                    balance = None
+                    if account is not None and account[0] == user:
+                        balance = int(account[1])
+                        account = accounts.fetchone()
+                    last = (user, balance)
+                out.append(LedgerChunk(user, last[1], [AuditEntry(*r) for r in rows[start:end]]))
+                start = end
+            yield out
+        tail: list[LedgerChunk] = []
+        while account is not None:
+            tail.append(LedgerChunk(account[0], int(account[1]), []))
+            if len(tail) >= chunk_size:
+                yield tail
+                tail = []
+            account = accounts.fetchone()
+        if tail:
+            yield tail
+    finally:
+        conn.execute("COMMIT")
+
+
+def ledger_size(conn: Connection) -> int:
+    """Entries are never deleted (the triggers refuse it), so the largest id is the count."""
+    return int(ops.one(conn.execute("SELECT coalesce(max(id), 0) FROM ledger"))[0])
