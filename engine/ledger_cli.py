@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -71,7 +72,7 @@ async def _verify(url: str, show_progress: bool) -> LedgerReport:
 
 
 def verify(url: str, *, as_json: bool, progress: bool) -> int:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     try:
         report = asyncio.run(_verify(url, progress and sys.stderr.isatty()))
     except CannotRun as exc:
@@ -84,7 +85,15 @@ def verify(url: str, *, as_json: bool, progress: bool) -> int:
         return 2
     seconds = time.perf_counter() - started
     if as_json:
-        summary = {**report.summary(), "seconds": round(seconds, 3)}
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        summary = {
+            **report.summary(),
+            "seconds": round(seconds, 3),
+            # On a shared machine the CPU time is what the check itself cost.
+            "cpuSeconds": round(time.process_time() - cpu, 3),
+            "entriesPerSecond": round(report.entries / seconds) if seconds else 0,
+            "peakRssMb": round(peak_mb, 1),
+        }
         print(json.dumps(summary))
     else:
         for violation in report.violations:
