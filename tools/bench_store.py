@@ -99,7 +99,8 @@ def verify(store_url: str, env: dict[str, str] | None = None) -> dict[str, objec
             entries=entries,
             actions=report["actions"],
             violations=report["violationCount"],
-            entries_per_second=round(entries / seconds) if seconds else 0,
+            entries_per_second=report["entriesPerSecond"],  # the pass itself, no start-up
+            cpu_seconds=report["cpuSeconds"],
             peak_rss_mb=report["peakRssMb"],
         )
     else:

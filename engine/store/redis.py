@@ -4,7 +4,9 @@ Each domain operation is one Lua script or one single-key command, so it is atom
 server; nothing is read into Python and written back.  Key layout (see the README):
 
     {u:<user>}:bal          hash  balance, updated_at, vend:<requestId> -> vended | refunded
-    {u:<user>}:ledger       list  JSON audit entries, append-only, id = position
+    {u:<user>}:ledger       list  JSON audit entries, append-only, id = position; an entry
+                                  moved to the archive leaves "" (`redis_archive`)
+    {u:<user>}:archived     str   entries before this position are in the archive
     {u:<user>}:idem:<scope>:<key>  string  fingerprint|stored receipt, expires with retention
     resp:<scope>:<key>      hash  remembered response (fingerprint, status, body)
     {u:<subject>}:rl:<window>  int  requests in a fixed window
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -34,6 +38,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from engine.store import redis_archive
 from engine.store import redis_scripts as lua
 from engine.store.protocol import StoreUnavailable
 from engine.store.records import (
@@ -131,8 +136,12 @@ class RedisStore:
 
     backend = "redis"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, archive: redis_archive.ArchiveSettings | None = None) -> None:
+        """`archive`: where and when history leaves RAM (`redis_archive`); None keeps it."""
         self.url = url
+        self._archive_settings = archive
+        self._archive = redis_archive.Archive(archive.path) if archive else None
+        self._archiver: asyncio.Task[None] | None = None
         self._pool: aioredis.BlockingConnectionPool | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._batcher: CommandBatcher | None = None
@@ -169,6 +178,7 @@ class RedisStore:
         self._hit = self._redis.register_script(lua.HIT_WINDOW)
         self._remember = self._redis.register_script(lua.REMEMBER)
         self._release = self._redis.register_script(lua.RELEASE)
+        self._tombstones = self._redis.register_script(lua.TOMBSTONE)
 
     def _call(self, *command: Any) -> Awaitable[Any]:
         """One command: pipelined with the rest of this loop turn's on a single Redis; on a
@@ -209,6 +219,8 @@ class RedisStore:
 
     async def open(self) -> None:
         await self._call("PING")
+        if self._archive_settings is not None and self._archiver is None:
+            self._archiver = asyncio.get_running_loop().create_task(self._archive_forever())
         try:
             config = await self._redis.config_get("appendonly")
         except RedisError:
@@ -220,6 +232,10 @@ class RedisStore:
             )
 
     async def close(self) -> None:
+        await redis_archive.cancel(self._archiver)
+        self._archiver = None
+        if self._archive is not None:
+            await asyncio.to_thread(self._archive.close)
         if self._batcher is not None:
             await self._batcher.aclose()
         await self._redis.aclose()
@@ -335,7 +351,20 @@ class RedisStore:
 
     async def audit(self, user_id: str, limit: int, after_id: int) -> list[AuditEntry]:
         raw = await self._call("LRANGE", _user(user_id) + ":ledger", after_id, after_id + limit - 1)
-        return [_entry_at(after_id + offset + 1, item) for offset, item in enumerate(raw)]
+        return await self._entries(user_id, after_id + 1, raw)
+
+    async def _entries(self, user_id: str, first_id: int, raw: list[bytes]) -> list[AuditEntry]:
+        """Entries from positions `first_id`..., each tombstone's taken from the archive."""
+        missing = [first_id + offset for offset, item in enumerate(raw) if not item]
+        found: dict[int, bytes] = {}
+        if missing:
+            if self._archive is None:
+                raise StoreUnavailable("redis: archived entries, but no AUDIT_ARCHIVE_PATH set")
+            found = await asyncio.to_thread(self._archive.entries, user_id, missing)
+        return [
+            _entry_at(first_id + offset, item or found[first_id + offset])
+            for offset, item in enumerate(raw)
+        ]
 
     async def read_ledger(self, chunk_size: int = 1000) -> AsyncIterator[LedgerChunk]:
         """Users found by SCAN (those with a ledger, then those with only a balance), a batch
@@ -370,17 +399,12 @@ class RedisStore:
         )
         for user_id, (raw_balance, length, first) in zip(users, heads, strict=True):
             balance = int(raw_balance) if raw_balance not in (b"", "") else None
-            entries = [_entry_at(position, item) for position, item in enumerate(first, 1)]
-            yield LedgerChunk(user_id, balance, entries)
+            yield LedgerChunk(user_id, balance, await self._entries(user_id, 1, first))
             done = len(first)
             while done < int(length):
                 stop = min(int(length), done + chunk_size) - 1
                 page = await self._call("LRANGE", _user(user_id) + ":ledger", done, stop)
-                yield LedgerChunk(
-                    user_id,
-                    balance,
-                    [_entry_at(done + offset + 1, item) for offset, item in enumerate(page)],
-                )
+                yield LedgerChunk(user_id, balance, await self._entries(user_id, done + 1, page))
                 done += len(page)
                 if not page:
                     break
@@ -388,6 +412,51 @@ class RedisStore:
     async def ledger_size(self) -> int | None:
         """Unknown without a pass over every user."""
         return None
+
+    # -- history out of RAM (`redis_archive`) ------------------------------------------------
+    async def _archive_forever(self) -> None:
+        assert self._archive_settings is not None
+        while True:
+            await asyncio.sleep(self._archive_settings.interval_seconds)
+            try:
+                await self.archive_old(time.time())
+            except (StoreUnavailable, RedisError, OSError, sqlite3.Error) as exc:
+                log.warning("archive skipped: %s", exc)
+
+    async def archive_old(self, now: float) -> int:
+        """Move every entry older than the hot window to the archive; returns how many."""
+        if self._archive is None or self._archive_settings is None:
+            return 0
+        cutoff = redis_archive.cutoff(now, self._archive_settings.hot_seconds)
+        moved = 0
+        async for key in self._redis.scan_iter(match="{u:*}:ledger", count=1000, _type="list"):
+            name = _text(key)
+            moved += await self._archive_user(name[3 : name.rindex("}")], cutoff)
+        return moved
+
+    async def _archive_user(self, user_id: str, cutoff: str) -> int:
+        assert self._archive is not None
+        moved = 0
+        while True:
+            # Where the last completed batch ended; a batch that crashed before its
+            # tombstones left the cursor where it was, and is done again.
+            start = int(await self._call("GET", _user(user_id) + ":archived") or 0)
+            batch = redis_archive.ARCHIVE_BATCH_ENTRIES
+            items = await self._call("LRANGE", _user(user_id) + ":ledger", start, start + batch - 1)
+            old = redis_archive.old_prefix(items, cutoff)
+            if old == 0:
+                return moved
+            entries = [(start + n + 1, raw) for n, raw in enumerate(items[:old]) if raw]
+            # On disk first (fsynced), then out of RAM: a crash in between repeats the batch.
+            await asyncio.to_thread(self._archive.store, user_id, entries)
+            await self._tombstone(user_id, start + old, [entry_id - 1 for entry_id, _ in entries])
+            moved += len(entries)
+            if old < len(items) or len(items) < batch:
+                return moved
+
+    async def _tombstone(self, user_id: str, cursor: int, positions: list[int]) -> None:
+        keys = [_user(user_id) + ":ledger", _user(user_id) + ":archived"]
+        await self._run(self._tombstones, keys, [cursor, *positions])
 
     # -- request bookkeeping -------------------------------------------------------------
     async def hit_window(self, subject: str, window_seconds: int, now: float) -> WindowCount:

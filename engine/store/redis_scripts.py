@@ -146,6 +146,17 @@ return {redis.call('HGET', KEYS[1], 'balance') or '', length,
   redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)}
 """
 
+# KEYS: ledger, archive cursor.  ARGV: the new cursor (positions before it are archived),
+# then the 0-based positions of entries the archive now holds (`redis_archive`).  An entry never
+# changes, so writing its tombstone twice is harmless; the cursor only moves forward.
+TOMBSTONE = """
+for i = 2, #ARGV do redis.call('LSET', KEYS[1], ARGV[i], '') end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+return #ARGV - 1
+"""
+
 # KEYS: window counter.  ARGV: expires_at_ms.
 HIT_WINDOW = """
 local count = redis.call('INCR', KEYS[1])
