@@ -250,3 +250,38 @@ def test_violations_exit_1_with_their_entry_ids_and_a_json_summary(
     assert summary["ok"] is False and summary["violationCount"] == 1
     assert summary["violations"][0]["entryIds"] == [6]
     assert summary["actions"] == {"grant": 1, "refund": 2, "vend": 3}
+
+
+async def test_sqlite_streams_in_fresh_snapshots_without_splitting_a_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long verify must not hold one read transaction (the WAL could not restart): the
+    stream starts a new one every few rows, between two users."""
+    from engine.store import sqlite_ledger
+
+    monkeypatch.setattr(sqlite_ledger, "SNAPSHOT_ROWS", 4)
+    store = store_from_url(f"sqlite:///{tmp_path / 'snapshots.db'}")
+    await store.open()
+    for user in ("amy", "ben", "cal", "dan"):
+        await _history(store, user, vends=4)  # 6 entries each
+    now = time.time()
+    await store.grant(GrantOrder("eli", 1, "g", "", None, CTX, now))
+    planter = Planter(f"sqlite:///{tmp_path / 'snapshots.db'}")
+    planter.balance("fay", 0)  # an account without entries, after the last ledger user
+    planter.close()
+    began: list[str] = []
+    real = sqlite_ledger._users_after
+
+    def counted(conn: sqlite3.Connection, chunk_size: int, after: str) -> sqlite_ledger.Chunks:
+        began.append(after)
+        return real(conn, chunk_size, after)
+
+    monkeypatch.setattr(sqlite_ledger, "_users_after", counted)
+    chunks = [chunk async for chunk in store.read_ledger(chunk_size=3)]
+    runs = [c.user_id for n, c in enumerate(chunks) if n == 0 or chunks[n - 1].user_id != c.user_id]
+    assert runs == ["amy", "ben", "cal", "dan", "eli", "fay"]
+    assert began == ["", "amy", "ben", "cal", "dan"]  # a fresh snapshot after each long user
+    report = await verify(store)
+    assert report.ok, report.problems
+    assert (report.users, report.entries) == (6, 25)
+    await store.close()

@@ -15,26 +15,41 @@ from engine.store.records import AuditEntry, LedgerChunk
 
 Connection = sqlite3.Connection
 # `ledger_by_user (user_id, id)` gives this order without a sort, however long the ledger.
-_ENTRIES_BY_USER = f"SELECT {ops.ENTRY_COLUMNS} FROM ledger ORDER BY user_id, id"
-_ACCOUNTS_BY_USER = "SELECT user_id, balance FROM accounts ORDER BY user_id"
+_ENTRIES_BY_USER = f"SELECT {ops.ENTRY_COLUMNS} FROM ledger WHERE user_id > ? ORDER BY user_id, id"
+_ACCOUNTS_BY_USER = "SELECT user_id, balance FROM accounts WHERE user_id > ? ORDER BY user_id"
+# A read transaction keeps the WAL from restarting (a checkpoint cannot pass a reader's
+# snapshot), so on a live store a verify taking minutes would let the WAL grow all that
+# while: after about this many rows the stream finishes its current user and goes on in a
+# fresh transaction.  Each user is still read whole in one snapshot, balance included.
+SNAPSHOT_ROWS = 200_000
+Chunks = Generator[list[LedgerChunk], None, str | None]
 
 
 def ledger_chunks(conn: Connection, chunk_size: int) -> Generator[list[LedgerChunk], None, None]:
-    """Accounts and entries merged by user id, inside one read transaction (one snapshot of
-    the file), as lists of chunks of about `chunk_size` entries in all: one list per call is
-    what a thread hands back to the loop, so the hop costs per thousand entries, not per one.
+    """Accounts and entries merged by user id, as lists of chunks of about `chunk_size`
+    entries in all: one list per call is what a thread hands back to the loop, so the hop
+    costs per thousand entries, not per one.
 
     User ids are ASCII (`engine.domain` validates them), so SQLite's BINARY order and Python's
     string order agree and the two cursors can be merged here.
     """
+    after: str | None = ""
+    while after is not None:
+        after = yield from _users_after(conn, chunk_size, after)
+
+
+def _users_after(conn: Connection, chunk_size: int, after: str) -> Chunks:
+    """Users after `after`, in one read transaction; returns the last user it finished when it
+    stopped for a fresh transaction (`SNAPSHOT_ROWS`), None when it reached the end."""
     conn.execute("BEGIN")
     try:
-        accounts = conn.execute(_ACCOUNTS_BY_USER)
-        entries = conn.cursor().execute(_ENTRIES_BY_USER)
+        accounts = conn.execute(_ACCOUNTS_BY_USER, (after,))
+        entries = conn.cursor().execute(_ENTRIES_BY_USER, (after,))
         account = accounts.fetchone()
         # The user of the last chunk, and their balance: their entries may go on in the next
         # batch of rows, whose chunk then continues the same user.
         last: tuple[str, int | None] = ("", None)
+        read = 0
         while rows := entries.fetchmany(chunk_size):
             out: list[LedgerChunk] = []
             start = 0
@@ -55,6 +70,10 @@ def ledger_chunks(conn: Connection, chunk_size: int) -> Generator[list[LedgerChu
                 out.append(LedgerChunk(user, last[1], [AuditEntry(*r) for r in rows[start:end]]))
                 start = end
             yield out
+            read += len(rows)
+            if read >= SNAPSHOT_ROWS:
+                yield from _rest_of_user(entries, chunk_size, *last)
+                return last[0]
         tail: list[LedgerChunk] = []
         while account is not None:
             tail.append(LedgerChunk(account[0], int(account[1]), []))
@@ -64,8 +83,24 @@ def ledger_chunks(conn: Connection, chunk_size: int) -> Generator[list[LedgerChu
             account = accounts.fetchone()
         if tail:
             yield tail
+        return None
     finally:
         conn.execute("COMMIT")
+
+
+def _rest_of_user(
+    entries: sqlite3.Cursor, chunk_size: int, user: str, balance: int | None
+) -> Generator[list[LedgerChunk], None, None]:
+    """The entries of `user` still to come on the cursor (the first row of the next user is
+    read and dropped: the next transaction starts after `user`)."""
+    while rows := entries.fetchmany(chunk_size):
+        same = 0
+        while same < len(rows) and rows[same][1] == user:
+            same += 1
+        if same:
+            yield [LedgerChunk(user, balance, [AuditEntry(*r) for r in rows[:same]])]
+        if same < len(rows):
+            return
 
 
 def ledger_size(conn: Connection) -> int:
