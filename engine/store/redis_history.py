@@ -9,7 +9,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -52,11 +52,13 @@ class RedisHistory:
     _ledger_head: AsyncScript
     _tombstones: AsyncScript
 
-    def _call(self, *command: Any) -> Awaitable[Any]:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by RedisStore
 
-    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        raise NotImplementedError
+        def _call(self, *command: Any) -> Awaitable[Any]: ...
+
+        async def _run(
+            self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]
+        ) -> Any: ...
 
     async def _entries(self, user_id: str, first_id: int, raw: list[bytes]) -> list[AuditEntry]:
         """Entries from positions `first_id`..., each tombstone's taken from the archive."""

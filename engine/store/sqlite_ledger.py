@@ -112,7 +112,13 @@ def ledger_size(conn: Connection) -> int:
 # Each purged table, with the key its batch deletes by.  The `*_by_expiry` indexes
 # (`sqlite_schema.sql`) make a batch a range read of `limit` index entries, however many rows
 # are stored: the purge was a full scan of every table, 411 ms with the loop held at 3M rows.
-PURGED_TABLES = {"responses": "rowid", "windows": "key", "claims": "name", "cache": "key"}
+PURGED_TABLES = {
+    "responses": "rowid",
+    "windows": "key",
+    "claims": "name",
+    "cache": "key",
+    "jobs": "rowid",
+}
 
 
 def purge_batch(conn: Connection, table: str, now: float, limit: int) -> int:
