@@ -4,7 +4,8 @@ It drives the store's own domain operations (grant, spend, refund, remember), ma
 each backend's batch path does the writing (SQLite's group commit merges one loop turn's
 operations into one transaction; Redis's command batcher pipelines them), and what lands in
 the store is exactly what a serving engine writes: real entries, real idempotency records,
-real refusals, which `ledger verify` and `serve` use as is.
+real refusals, real jobs (tokens that bought their transcription), which `ledger verify`
+and `serve` use as is.
 
 The simulated clock runs over the year before now, so idempotency records of all but the last
 day have expired; the purge at the end removes them, as a running engine's would have.
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 from engine.store.protocol import Store
 from engine.store.records import (
+    ConsumeOrder,
     Context,
     GrantOrder,
     GrantOutcome,
@@ -30,6 +32,7 @@ from engine.store.records import (
     RefundOutcome,
     StoredResponse,
     VendOrder,
+    vend_request_id,
 )
 
 Operation = Callable[[Store], Awaitable[str]]
@@ -37,6 +40,9 @@ Operation = Callable[[Store], Awaitable[str]]
 YEAR_SECONDS = 365 * 24 * 3600
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 VENDED_TOKEN_TTL_SECONDS = 900
+JOB_RETENTION_SECONDS = 7 * 24 * 3600
+# Vended tokens that go on to buy their transcription (the rest expire unused).
+TRANSCRIBED_SHARE = 0.7
 OPERATIONS_AT_ONCE = 512
 _VEND_FINGERPRINT = "prefill-vend"
 _CONTEXTS = [
@@ -101,10 +107,11 @@ class _Workload:
         idem = IdempotencyKey(
             f"user:{user.user_id}|vend-token", key, _VEND_FINGERPRINT, now + IDEMPOTENCY_TTL_SECONDS
         )
+        jti = os.urandom(16).hex()  # the engine's form (`token_of_vend` expects it)
         order = VendOrder(
             user_id=user.user_id,
-            request_id=request_id,
-            jti="jti_" + request_id[4:28],
+            request_id=vend_request_id(jti),  # as the engine names a vend: after its token
+            jti=jti,
             issued_at=int(now),
             expires_at=int(now) + VENDED_TOKEN_TTL_SECONDS,
             client_request_id=key,
@@ -112,7 +119,8 @@ class _Workload:
             context=context,
             now=now,
         )
-        return lambda store: _spend(store, user, order)
+        transcribed = self._rng.random() < TRANSCRIBED_SHARE
+        return lambda store: _spend(store, user, order, transcribed)
 
     @property
     def users(self) -> int:
@@ -128,10 +136,26 @@ async def _remembered(stored: Awaitable[StoredResponse]) -> str:
     return "remembered"
 
 
-async def _spend(store: Store, user: _User, order: VendOrder) -> str:
+async def _spend(store: Store, user: _User, order: VendOrder, transcribed: bool) -> str:
     outcome = await store.spend(order)
-    if outcome.status == "charged":
-        user.vends = [*user.vends[-7:], order.request_id]
+    if outcome.status != "charged":
+        return outcome.status
+    user.vends = [*user.vends[-7:], order.request_id]
+    if transcribed:  # the token buys its job: a token record and a job, as a served one
+        job_id = "job_" + os.urandom(8).hex()
+        consume = ConsumeOrder(
+            job_id=job_id,
+            user_id=order.user_id,
+            jti=order.jti,
+            vend_request_id=order.request_id,
+            body=b'{"status":"queued","progress":0}',
+            hold_until=order.now + 660,
+            expires_at=order.now + JOB_RETENTION_SECONDS,
+            now=order.now,
+        )
+        if await store.consume_token(consume) == "consumed":
+            body = b'{"status":"completed","progress":100}'
+            await store.accept_job(order.user_id, job_id, "up-" + job_id, body, order.now)
     return outcome.status
 
 

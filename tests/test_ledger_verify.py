@@ -285,3 +285,22 @@ async def test_sqlite_streams_in_fresh_snapshots_without_splitting_a_user(
     assert report.ok, report.problems
     assert (report.users, report.entries) == (6, 25)
     await store.close()
+
+
+async def test_prefill_writes_a_realistic_history_that_verifies(url: str) -> None:
+    """`ledger prefill` through the store's batch path: grants, vends, refusals, refunds and
+    jobs, which `ledger verify` then finds clean."""
+    from engine.ledger_prefill import run_prefill
+
+    written = await run_prefill(store_from_url(url), 3000, 100, seed=7)
+    assert written.entries >= 3000
+    assert {"charged", "granted", "insufficient", "refunded"} <= set(written.actions)
+    reader = store_from_url(url)
+    await reader.open()
+    try:
+        report = await verify(reader)
+        assert report.ok, report.problems
+        assert report.entries == written.entries
+        assert {"grant", "vend", "vend_refused", "refund"} <= set(report.actions)
+    finally:
+        await reader.close()
