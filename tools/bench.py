@@ -52,9 +52,12 @@ EXPECTED_REFUSALS = {"402", "429"}
 # A run whose 2xx vends spent fewer credits than this share of them is refused: it measured
 # idempotent replays, not vends.
 MAX_REPLAY_FRACTION = 0.01
-# The settings that turn on the access log and metrics (issue 20; engineer F's names).  Until
-# the engine reads them they change nothing, and the two vend rows measure the same thing.
-OBSERVED_ENV = "LOG_FORMAT=json,ENGINE_ACCESS_LOG=1,METRICS_TOKEN=bench-metrics-token"
+# The settings of the access log and metrics (issue 20): every engine but the observed one runs
+# with both off, the observed one with both on, so `vend` and `vend-observed` are the pair of
+# issue 20 item 9.  An engine without these settings ignores them, and the two rows then
+# measure the same thing.
+PLAIN_ENV = "ACCESS_LOG=off"
+OBSERVED_ENV = "LOG_FORMAT=json,ACCESS_LOG=on,METRICS_TOKEN=bench-metrics-token"
 
 # Each request is the same bytes `wrk.format` would build, but its head is built once per
 # token in `init`: wrk runs on the same two cores as the engine, so every microsecond its Lua
@@ -248,9 +251,9 @@ def _answered(statuses: dict[str, int]) -> int:
     return sum(n for s, n in statuses.items() if s.startswith("2"))
 
 
-def _observed_env(args: argparse.Namespace) -> dict[str, str]:
-    pairs = [p for p in args.observed_env.split(",") if p]
-    return dict(p.split("=", 1) for p in pairs)
+def _env(pairs: str) -> dict[str, str]:
+    """`NAME=VALUE,NAME=VALUE` as a dict."""
+    return dict(p.split("=", 1) for p in pairs.split(",") if p)
 
 
 def _scenarios(tokens: list[str], hot: list[str], users: list[str], admin: str) -> list[Scenario]:
@@ -285,7 +288,7 @@ def run_combo(
     users, hot = [f"bench-{tag}-{i}" for i in range(USERS)], f"bench-{tag}-hot"
     runs: dict[str, list[Result]] = {}
     facts: dict[str, object] = {}
-    observed = _observed_env(args) if args.observed_env else None
+    observed = _env(args.observed_env) if args.observed_env else None
     engines: dict[bool, LocalEngine] = {}
     try:
         for is_observed in (False, True) if observed is not None else (False,):
@@ -293,7 +296,7 @@ def run_combo(
                 store_url=url,
                 workers=workers,
                 rate_limit_per_minute=1_000_000_000,
-                env=observed if is_observed else None,
+                env=observed if is_observed else _env(args.plain_env),
             )
             engines[is_observed] = engine.start()
         plain = engines[False]
@@ -462,6 +465,11 @@ def main() -> int:
         "--prefill", type=int, default=0, help="also run on a store grown to N entries"
     )
     parser.add_argument("--prefill-users", type=int, default=None)
+    parser.add_argument(
+        "--plain-env",
+        default=PLAIN_ENV,
+        help="comma-separated NAME=VALUE for every other engine (default: access log off)",
+    )
     parser.add_argument(
         "--observed-env",
         default=OBSERVED_ENV,
