@@ -83,6 +83,19 @@ def conformance(session: nox.Session) -> None:
 
 
 @nox.session
+def original(session: nox.Session) -> None:
+    """Seed conformance of the original Worker under `wrangler dev --local`:
+    `nox -s original -- PATH_OR_GIT_URL`; writes conformance/reports/original-<rev>.json."""
+    if not session.posargs:
+        session.error("usage: nox -s original -- PATH_OR_GIT_URL")
+    missing = [tool for tool in ("node", "npm", "git") if not shutil.which(tool)]
+    if missing:
+        session.skip(f"the original Worker needs {', '.join(missing)}, not installed here")
+    session.install("-e", ".", "-e", "./conformance")
+    session.run("python", "tools/conformance_original.py", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Throughput and latency with wrk; writes bench-results/ and prints a table."""
     _ensure_redis_server(session)
