@@ -8,7 +8,8 @@ are counted), the webhook secret and a configured CORS origin.
 The SQLite engine runs with two workers (the double-spend race is a cross-worker race) and,
 like an offline production host, without META_FETCH_BASE: TikTok is unreachable, so the
 checks that need a metadata fetch are inconclusive, never failures, and the run exits 0.
-The Redis engine fetches metadata from the simulator, so those checks run for real there.
+The Redis engine (two workers too) fetches metadata from the simulator, so those checks run
+for real there.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def main(extra: list[str]) -> int:
         sqlite_code = judge(engine, "sqlite", extra)
     with (
         RedisServer() as redis_server,
-        LocalEngine(store_url=redis_server.url, env={"CORS_ORIGINS": CORS_ORIGIN}) as engine,
+        LocalEngine(
+            store_url=redis_server.url, workers=2, env={"CORS_ORIGINS": CORS_ORIGIN}
+        ) as engine,
     ):
         redis_code = judge(engine, "redis", extra)
     return max(sqlite_code, redis_code)

@@ -147,14 +147,24 @@ async def odd_ids(target: Target) -> None:
 @check(
     "hardening",
     "seed",
-    "non-TikTok and lookalike URLs are refused (400/422) on /meta and /ttt/transcribe",
-    promise="seed: TTTranscribe Proxy Integration (TikTok URL Validation)",
+    "non-TikTok and lookalike URLs are refused (400/422) by /meta, before any fetch",
+    promise="seed: Metadata Caching (TikTok Validation: only TikTok URLs accepted)",
 )
 async def lookalike_urls(target: Target) -> None:
     async with target.client() as client:
         for url in LOOKALIKES:
             response = await client.get("/meta", params={"url": url})
             expect_status(response, 400, 422, upstream_ok=False)
+
+
+@check(
+    "hardening",
+    "seed",
+    "non-TikTok and lookalike URLs are refused (400/422) by /ttt/transcribe, never forwarded",
+    promise="seed: TTTranscribe Proxy Integration (TikTok URL Validation, 400)",
+)
+async def lookalike_transcribe(target: Target) -> None:
+    async with target.client() as client:
         await target.funded(client, "lookalike", 1)
         token = await target.vend(client, "lookalike")
         for url in LOOKALIKES:

@@ -66,6 +66,18 @@ async def bank_race(target: Target) -> None:
         won = [r for r in outcomes if r.status_code == 200]
         tokens = {r.json().get("token") for r in won}
         balance = await _balance(client, target, label)
+    # Overspend is the verdict that matters, whatever else went wrong alongside it.
+    expect(
+        len(won) <= BANK_CREDITS and balance >= 0,
+        f"overspend: {len(won)} vends succeeded on {BANK_CREDITS} credits ({len(tokens)} distinct"
+        f" tokens), final balance {balance}; statuses {dict(codes)}",
+        won[0] if won else None,
+    )
+    expect(
+        balance == BANK_CREDITS - len(won),
+        f"credits do not add up: {len(won)} vends succeeded on {BANK_CREDITS} credits, final"
+        f" balance {balance}; statuses {dict(codes)}",
+    )
     refused = [r for r in outcomes if r.status_code not in (200, 402, 429)]
     if refused:
         raise Failure(
@@ -73,12 +85,6 @@ async def bank_race(target: Target) -> None:
             refused[0].request,
         )
     expect(bool(won), f"no vend succeeded: {dict(codes)}; {said(outcomes[0])}", outcomes[0])
-    expect(
-        len(won) <= BANK_CREDITS and balance == BANK_CREDITS - len(won) and balance >= 0,
-        f"overspend: {len(won)} vends succeeded on {BANK_CREDITS} credits ({len(tokens)} distinct"
-        f" tokens), final balance {balance}; statuses {dict(codes)}",
-        won[0],
-    )
     expect(len(tokens) == len(won), f"{len(won)} successful vends returned {len(tokens)} tokens")
 
 

@@ -26,8 +26,8 @@ from schemathesis.checks import (
 from pluct_conformance.registry import Failure, Skip, check, is_upstream_fault
 from pluct_conformance.target import Target, request_id
 
-POSITIVE_EXAMPLES = 50
-NEGATIVE_EXAMPLES = 30
+POSITIVE_EXAMPLES = 40
+NEGATIVE_EXAMPLES = 24
 STATEFUL_EXAMPLES = 25
 MAX_REPORTED = 5
 
