@@ -47,6 +47,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be on or off (1/0, true/false), got {raw!r}")
+
+
 def generate_missing_secrets(env: Mapping[str, str]) -> dict[str, str]:
     """Dev mode: invent each secret that no alias provides.
 
@@ -93,6 +104,10 @@ class Settings:
     breaker_cooldown_seconds: float = 30.0
     build_ref: str = "unknown"
     dev_mode: bool = False
+    # The job lifecycle: kept results, failed-job refunds, the TTTranscribe webhook.
+    refund_failed_jobs: bool = True
+    job_lost_grace_seconds: float = 600.0
+    webhook_secret: str = ""  # empty: the upstream secret (TTT_SHARED_SECRET)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +152,9 @@ class Settings:
             breaker_cooldown_seconds=float(_int(env, "BREAKER_COOLDOWN_SECONDS", 30, 1)),
             build_ref=env.get("BUILD_REF", "").strip() or "unknown",
             dev_mode=dev,
+            refund_failed_jobs=_flag(env, "REFUND_FAILED_JOBS", default=True),
+            job_lost_grace_seconds=float(_int(env, "JOB_LOST_GRACE_SECONDS", 600)),
+            webhook_secret=env.get("TTT_WEBHOOK_SECRET", "").strip(),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -28,6 +28,7 @@ from engine.http.controllers.metadata import MetadataController
 from engine.http.controllers.spec import openapi_spec
 from engine.http.controllers.transcription import TranscriptionController
 from engine.http.controllers.vend import VendController
+from engine.http.controllers.webhooks import WebhooksController
 from engine.http.dependencies import provide_services
 from engine.http.errors import handle_exception
 from engine.services import Services
@@ -80,6 +81,7 @@ def create_app(
             HealthController,
             CreditsController,
             VendController,
+            WebhooksController,
             AdminController,
             TranscriptionController,
             MetadataController,
