@@ -221,8 +221,8 @@ class Target:
             raise Inconclusive(f"no working upstream behind this deployment ({self._upstream})")
 
     # -- the simulator behind a test deployment (optional) --------------------------------
-    async def simulator_jobs(self) -> int | None:
-        """Jobs the upstream simulator has created, when its URL and secret were given."""
+    async def simulator_stats(self) -> dict[str, Any] | None:
+        """The upstream simulator's counters, when its URL and secret were given."""
         if not (self.simulator_url and self.simulator_secret):
             return None
         async with httpx.AsyncClient(timeout=10) as client:
@@ -232,7 +232,19 @@ class Target:
             )
         if response.status_code != 200:
             raise Failure(f"the simulator's stats were refused: {said(response)}")
-        return int(response.json()["jobs_created"])
+        return dict(response.json())
+
+    async def simulator_jobs(self) -> int | None:
+        """Jobs the upstream simulator has created."""
+        stats = await self.simulator_stats()
+        return None if stats is None else int(stats["jobs_created"])
+
+    async def last_upstream_job(self) -> str | None:
+        """The upstream id of the job the engine last polled (from the simulator's request
+        log); a deployment never shows its upstream's ids to clients."""
+        stats = await self.simulator_stats()
+        polled = [p for p in (stats or {}).get("paths", []) if p.startswith("GET /status/")]
+        return polled[-1].removeprefix("GET /status/") if polled else None
 
 
 def webhook_delivery(

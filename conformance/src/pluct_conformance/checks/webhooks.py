@@ -44,10 +44,10 @@ async def signed_delivery_rules(target: Target) -> None:
     if not target.webhook_secret:
         raise Skip("needs --webhook-secret (TTT_WEBHOOK_SECRET, else TTT_SHARED_SECRET)")
     async with target.client() as client:
-        body, headers = webhook_delivery(
+        unknown = webhook_delivery(
             target.webhook_secret, f"job-{target.run_id}", f"unknown-{target.run_id}"
         )
-        expect_code(await _deliver(client, body, headers), 404, "request_not_found")
+        expect_code(await _deliver(client, *unknown), 404, "request_not_found")
         for job_id, request_id in await _candidates(client, target):
             body, headers = webhook_delivery(target.webhook_secret, job_id, request_id)
             first = await _deliver(client, body, headers)
@@ -58,13 +58,14 @@ async def signed_delivery_rules(target: Target) -> None:
             return
         # No requestId of a real job is visible from outside: the replay of the unknown
         # delivery must still never be accepted.
-        again = await _deliver(client, body, headers)
+        again = await _deliver(client, *unknown)
         expect(again.status_code in (404, 409), f"a replay was accepted: {said(again)}", again)
 
 
 async def _candidates(client: httpx.AsyncClient, target: Target) -> list[tuple[str, str]]:
-    """(jobId, requestId) pairs for a job submitted now, from the ids the deployment shows
-    (transcribe and poll bodies); none when there is no working upstream."""
+    """(upstream jobId, requestId) pairs that may name a job submitted now: the engine's job
+    id as the requestId, with the upstream id the simulator saw polled (when its URL and
+    secret were given) or the ids the deployment shows; none without a working upstream."""
     try:
         await target.require_upstream(client)
         await target.funded(client, "webhook", 1)
@@ -76,8 +77,13 @@ async def _candidates(client: httpx.AsyncClient, target: Target) -> list[tuple[s
         return []
     job_id = str(submitted.json().get("jobId"))
     bodies = [submitted.json()]
-    polled = await client.get(f"/ttt/poll/{job_id}", headers=target.bearer("webhook"))
+    polled = await client.get(f"/ttt/status/{job_id}", headers=target.service(token))
     if polled.status_code == 200:
         bodies.append(polled.json())
-    ids = {b.get(k) for b in bodies for k in ("upstreamRequestId", "requestId")}
-    return [(job_id, i) for i in ids if isinstance(i, str) and i]
+    pairs: list[tuple[str, str]] = []
+    upstream = await target.last_upstream_job()
+    if upstream:
+        pairs.append((upstream, job_id))
+    ids = {b.get("requestId") for b in bodies} | {job_id}
+    pairs += [(job_id, i) for i in ids if isinstance(i, str) and i]
+    return pairs
