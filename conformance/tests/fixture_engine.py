@@ -130,6 +130,8 @@ class FixtureEngine:
             return 204, None, extra
         if path == "/health":
             return 200, {"status": "ok", "uptimeSeconds": 1, "version": "fixture"}, {}
+        if path == "/health/services":
+            return 200, {"ttt": {"status": "healthy"}, "circuitBreaker": {"status": "closed"}}, {}
         if path == "/__stats":
             if headers.get("x-engine-auth") != WEBHOOK:
                 return _error(401, "unauthorized")

@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list the checks")
     comparison = commands.add_parser("compare", help="side-by-side table of JSON reports")
     comparison.add_argument("reports", type=Path, nargs="+")
+    comparison.add_argument("--label", action="append", help="a column's name, in order")
     return parser
 
 
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{check.id:40} {check.profile:7} [{check.promise}] {check.description}")
         return 0
     if args.command == "compare":
-        print(compare(args.reports))
+        print(compare(args.reports, args.label))
         return 0
     for value, name in (
         (args.jwt_secret, "PLUCT_JWT_SECRET"),

@@ -129,7 +129,7 @@ def _first_line(text: str, width: int = 90) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def compare(paths: list[Path]) -> str:
+def compare(paths: list[Path], labels: list[str] | None = None) -> str:
     """A Markdown table, one row per check, one column per report (outcome + first detail)."""
     reports = [json.loads(p.read_text()) for p in paths]
     by_id: list[dict[str, dict[str, Any]]] = [
@@ -143,6 +143,9 @@ def compare(paths: list[Path]) -> str:
                 order.append(check_id)
                 promises[check_id] = result.get("promise", "")
     names = [f"{r['target']} ({r['profile']})" for r in reports]
+    names = [label or name for label, name in zip(labels or [], names, strict=False)] + names[
+        len(labels or []) :
+    ]
     lines = [
         "| check | promise | " + " | ".join(names) + " |",
         "|---|---|" + "---|" * len(reports),

@@ -106,14 +106,19 @@ async def health(target: Target) -> None:
 @check(
     "contract",
     "strict",
-    "HEAD on GET routes: HEAD /health is 200 with an empty body",
-    promise="spec: /health (HEAD)",
+    "HEAD on GET routes: HEAD /health and /health/services are 200 with an empty body",
+    promise="spec: /health, /health/services (HEAD)",
 )
 async def head_routes(target: Target) -> None:
     async with target.client() as client:
-        response = await client.head("/health")
-    expect_status(response, 200)
-    expect(response.content == b"", f"HEAD /health sent {len(response.content)} body bytes")
+        for path in ("/health", "/health/services"):
+            response = await client.head(path)
+            expect_status(response, 200)
+            expect(
+                response.content == b"",
+                f"HEAD {path} sent {len(response.content)} body bytes",
+                response,
+            )
 
 
 @check(
