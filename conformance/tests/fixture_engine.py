@@ -9,7 +9,8 @@ defects, so each check can be seen to fail on its defect and pass without it.  D
 - `hidden_double_spend`: like `double_spend`, but every submission is told the first job id
   (only the upstream's stats, `GET /__stats`, show the extra jobs).
 - `refund_keeps_token`, `big_jwt`, `lax_exp`, `unicode_digits`, `newline_ids`, `poll_leaks`,
-  `cors_any`, `no_head`, `unsigned_webhooks`, `webhook_replays`, `meta_400`, `big_headers`.
+  `cors_any`, `no_head`, `unsigned_webhooks`, `webhook_replays`, `meta_400`, `big_headers`,
+  `vend_wants_device` (vends refused with a 400 for a field the app does not send).
 """
 
 from __future__ import annotations
@@ -159,6 +160,18 @@ class FixtureEngine:
                 {},
             )
         if path == "/v1/vend-token" and method == "POST":
+            if "vend_wants_device" in self.defects:  # a body shape the app never sends
+                return (
+                    400,
+                    {
+                        "success": False,
+                        "error": {
+                            "name": "ZodError",
+                            "issues": [{"path": ["deviceId"], "message": "Required"}],
+                        },
+                    },
+                    {},
+                )
             return await self.vend(user)
         if path == "/ttt/transcribe" and method == "POST":
             return await self.transcribe(claims, json.loads(body or b"{}"))

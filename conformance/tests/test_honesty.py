@@ -69,6 +69,13 @@ def test_check_passes_on_a_correct_engine(check_id: str) -> None:
     assert result.outcome is Outcome.PASSED, result.reason
 
 
+def test_a_refused_request_shape_reports_what_the_target_said() -> None:
+    result = _result(FixtureEngine(defects={"vend_wants_device"}), "contract.vend_lifetime")
+    assert result.outcome is Outcome.FAILED
+    assert "the vend was refused: POST /v1/vend-token → 400" in result.reason
+    assert "ZodError" in result.reason and "curl" in result.curl
+
+
 def test_an_upstream_fault_is_inconclusive_and_exits_0(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
