@@ -76,6 +76,8 @@ def _serve(args: argparse.Namespace) -> int:
         f" workers={args.workers}",
         file=sys.stderr,
     )
+    from engine.http.server import uvicorn_options
+
     uvicorn.run(
         "engine.http.app:create_server_app",
         factory=True,
@@ -83,8 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers if args.workers > 1 else None,
         log_level=args.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
     )
     return 0
 
