@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from litestar.testing import TestClient
+from redis.exceptions import ResponseError
 
 from engine import create_app
+from engine.local import RedisServer
+from engine.store.protocol import StoreUnavailable
+from engine.store.records import Context, GrantOrder
+from engine.store.redis import RedisStore
+from engine.store.sqlite import SQLiteStore
 from engine.upstream.simulator import BackgroundSimulator
-from tests.conftest import bearer, make_settings
+from tests.conftest import ADMIN, bearer, make_settings
+from tests.spec_check import SpecRecorder
 
 VIDEO = "https://www.tiktok.com/@creator/video/7300000000000000001"
 
@@ -22,8 +34,16 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'engine.db'}"
 
 
-def _client(url: str, simulator: BackgroundSimulator, **overrides: object) -> TestClient:  # type: ignore[type-arg]
-    return TestClient(create_app(make_settings(url, simulator.url, **overrides)))
+def _client(  # type: ignore[type-arg]
+    url: str,
+    simulator: BackgroundSimulator,
+    recorder: SpecRecorder | None = None,
+    **overrides: object,
+) -> TestClient:
+    client = TestClient(create_app(make_settings(url, simulator.url, **overrides)))
+    if recorder is not None:
+        client.event_hooks = {"request": [], "response": [recorder.sync_hook()]}
+    return client
 
 
 @pytest.fixture
@@ -40,3 +60,118 @@ def test_a_user_named_like_an_address_has_a_window_of_its_own(limited: TestClien
     assert limited.get("/meta", params={"url": VIDEO}).status_code == 200
     assert limited.get("/meta", params={"url": VIDEO}).status_code == 429
     assert limited.get("/v1/credits/balance", headers=bearer("testclient")).status_code == 200
+
+
+# -- a Redis that answers but refuses writes -------------------------------------------------
+def test_redis_out_of_memory_is_503_and_health_says_degraded(
+    fresh_simulator: BackgroundSimulator, spec_recorder: SpecRecorder
+) -> None:
+    with RedisServer() as server, _client(server.url, fresh_simulator, spec_recorder) as client:
+        granted = client.post("/v1/credits/add", json={"userId": "ann", "amount": 2}, headers=ADMIN)
+        assert granted.status_code == 200
+        admin = redis.Redis.from_url(server.url)
+        admin.config_set("maxmemory", 1)  # every write is now refused with OOM
+        try:
+            for attempt in (
+                lambda: client.post("/v1/vend-token", headers=bearer("ann")),
+                lambda: client.post(
+                    "/v1/credits/add", json={"userId": "ann", "amount": 1}, headers=ADMIN
+                ),
+            ):
+                refused = attempt()
+                assert refused.status_code == 503, refused.text
+                assert refused.json()["code"] == "store_unavailable"
+                assert int(refused.headers["retry-after"]) >= 1
+            health = client.get("/health")
+            assert health.status_code == 503
+            body = health.json()
+            assert (body["ok"], body["status"]) == (False, "degraded")
+            assert body["connectivity"]["store"] == "degraded"
+            assert "OOM" in body["store"]["problem"]
+        finally:
+            admin.config_set("maxmemory", 0)
+            admin.close()
+        assert client.get("/health").status_code == 200
+        assert client.post("/v1/vend-token", headers=bearer("ann")).status_code == 200
+        assert client.get("/v1/credits/balance", headers=bearer("ann")).json()["balance"] == 1
+
+
+async def test_misconf_is_store_unavailable_and_degraded() -> None:
+    """MISCONF (a failed snapshot or AOF write) needs a broken disk to provoke for real; the
+    reply it produces is classified here."""
+    store = RedisStore("redis://127.0.0.1:9/0")
+
+    async def misconf() -> None:
+        raise ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's ...")
+
+    with pytest.raises(StoreUnavailable):
+        await store._guard(misconf())
+    assert store.degraded.startswith("redis refuses writes: MISCONF")
+
+
+# -- a corrupt SQLite file -------------------------------------------------------------------
+async def _engine_file(path: Path) -> None:
+    store = SQLiteStore(path)
+    await store.open()
+    for index in range(300):
+        await store.grant(GrantOrder(f"user-{index}", 1, f"g{index}", "seed", None, Context(), 1e9))
+    await store.close()
+
+
+async def test_a_corrupt_sqlite_file_is_503_and_health_says_so(
+    tmp_path: Path, fresh_simulator: BackgroundSimulator, spec_recorder: SpecRecorder
+) -> None:
+    path = tmp_path / "engine.db"
+    await _engine_file(path)
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page:] = bytes([0xA5]) * (len(data) - page)  # every page but the schema's
+    path.write_bytes(bytes(data))
+    with _client(f"sqlite:///{path}", fresh_simulator, spec_recorder) as client:
+        balance = client.get("/v1/credits/balance", headers=bearer("user-7"))
+        assert balance.status_code == 503, balance.text
+        assert balance.json()["code"] == "store_unavailable"
+        vend = client.post("/v1/vend-token", headers=bearer("user-7"))
+        assert vend.status_code == 503, vend.text
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["connectivity"]["store"] == "degraded"
+
+
+def _serve(url: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "ENGINE_JWT_SECRET": "j" * 32,
+        "ENGINE_ADMIN_KEY": "a" * 32,
+        "TTT_SHARED_SECRET": "t" * 32,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--port", "9", "--store", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_serve_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"these are my notes, not a database\n" * 200)
+    before = path.read_bytes()
+    done = _serve(f"sqlite:///{path}")
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert str(path) in last and "not a usable SQLite database" in last
+    assert "Traceback" not in done.stderr
+    assert path.read_bytes() == before
+
+
+def test_serve_refuses_another_applications_database(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY)")
+    conn.close()
+    done = _serve(f"sqlite:///{path}")
+    assert done.returncode == 2, done.stderr
+    assert "not an engine one" in done.stderr.strip().splitlines()[-1]

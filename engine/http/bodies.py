@@ -122,6 +122,7 @@ class StoreHealth(Body, kw_only=True):
     backend: str
     reachable: bool
     latency_ms: float
+    problem: str | UnsetType = UNSET  # why a reachable store cannot serve
 
 
 class Connectivity(Body, kw_only=True):

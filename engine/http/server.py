@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from functools import cache
 from typing import Any
 
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from engine.config import Settings
+from engine.config import ConfigError, Settings, sqlite_path
+from engine.store.sqlite_check import check_engine_file
 
 PROTOCOL = "engine.http.server:GuardedHttpToolsProtocol"
 
@@ -180,6 +182,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
         self.transport.write(response)
         self.transport.close()
+
+
+def preflight(settings: Settings) -> None:
+    """Checks that must pass before any worker starts; ConfigError (one line) otherwise."""
+    if settings.store_url.startswith("sqlite:"):
+        check_engine_file(sqlite_path(settings.store_url))
+
+
+def serve(settings: Settings, *, host: str, port: int, workers: int, log_level: str) -> int:
+    """Run the engine's server; 2 (with one line on stderr) if the store file is refused."""
+    import uvicorn
+
+    try:
+        preflight(settings)
+    except ConfigError as exc:
+        print(f"pluct-engine: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        "engine.http.app:create_server_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers if workers > 1 else None,
+        log_level=log_level,
+        **uvicorn_options(settings),
+    )
+    return 0
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

@@ -30,6 +30,9 @@ class StoreUnavailable(Exception):
 
 class Store(Protocol):
     backend: str
+    # Why a store that answers cannot serve ("" while it can): Redis refusing writes (OOM,
+    # MISCONF), a corrupt SQLite file.  Set by the operation that met it; `/health` reports it.
+    degraded: str
 
     async def open(self) -> None:
         """Create schema or load scripts; called once before serving."""

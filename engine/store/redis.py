@@ -20,6 +20,7 @@ automatically (`NO_RETRY`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -69,6 +70,9 @@ REPLY_TIMEOUT_SECONDS = 5.0
 # running a spend twice would charge twice.  The caller gets a 503; its idempotency key is what
 # makes its own retry safe.
 NO_RETRY = Retry(NoBackoff(), 0)
+# Error replies of a Redis that answers but refuses every write.
+_REFUSES_WRITES = ("OOM command not allowed", "MISCONF")
+_WRITE_PROBE_KEY = "engine:write-probe"
 
 
 def _user(user_id: str) -> str:
@@ -131,6 +135,7 @@ class RedisStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.degraded = ""
         self._pool: aioredis.BlockingConnectionPool | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._batcher: CommandBatcher | None = None
@@ -193,15 +198,23 @@ class RedisStore:
         async with self._in_flight:
             return await self._guard(reply())
 
-    @staticmethod
-    async def _guard(reply: Awaitable[Any]) -> Any:
-        """Redis being unreachable or not ready is a `StoreUnavailable` (the API's 503)."""
+    async def _guard(self, reply: Awaitable[Any]) -> Any:
+        """Redis being unreachable or not ready is a `StoreUnavailable` (the API's 503).
+
+        So is a Redis that answers but refuses writes: past `maxmemory` (OOM) or after a
+        failed snapshot or AOF write (MISCONF).  Redis refuses a script's first write, so
+        nothing of it was applied; the store is `degraded` until a write succeeds (`ping`).
+        """
         try:
             return await reply
         except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         except ResponseError as exc:
-            if "LOADING" in str(exc) or "MASTERDOWN" in str(exc) or "READONLY" in str(exc):
+            text = str(exc)
+            if any(reason in text for reason in _REFUSES_WRITES):
+                self.degraded = f"redis refuses writes: {text[:160]}"
+                raise StoreUnavailable(f"redis: {text}") from exc
+            if "LOADING" in text or "MASTERDOWN" in text or "READONLY" in text:
                 raise StoreUnavailable(f"redis: {exc}") from exc
             raise
 
@@ -229,6 +242,11 @@ class RedisStore:
             await self._call("PING")
         except StoreUnavailable:
             return False
+        if self.degraded:
+            # PING passes under OOM and MISCONF; only a write tells when writes work again.
+            with contextlib.suppress(StoreUnavailable):
+                await self._call("SET", _WRITE_PROBE_KEY, "1", "PX", "10000")
+                self.degraded = ""
         return True
 
     # -- credits -------------------------------------------------------------------------

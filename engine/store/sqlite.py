@@ -42,6 +42,8 @@ T = TypeVar("T")
 CHECKPOINT_INTERVAL_SECONDS = 1.0
 CHECKPOINT_PASSES = 3
 Connection = sqlite3.Connection
+_CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+_PING = "SELECT 1 FROM sqlite_master LIMIT 1"
 
 
 # Columns added since the first release, which `CREATE TABLE IF NOT EXISTS` cannot add.
@@ -76,6 +78,7 @@ class SQLiteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.degraded = ""  # why the file cannot serve (corrupt), "" while it can
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
         self._local = threading.local()
@@ -111,22 +114,41 @@ class SQLiteStore:
             conn = self._local.conn = self._connect(busy_timeout_ms=30_000)
         return conn
 
+    def _check_corrupt(self, exc: sqlite3.DatabaseError) -> None:
+        """A corrupt file (or one that is not a database) is a 503, never a 500, and marks the
+        store degraded for `/health`: corruption does not heal, so it stays until restart."""
+        if exc.sqlite_errorcode & 0xFF in _CORRUPT:
+            self.degraded = f"sqlite file unusable: {exc}"
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+
     async def _write(self, operation: Callable[[Connection], T]) -> T:
-        return cast(T, await self._batch.submit(operation))
+        try:
+            return cast(T, await self._batch.submit(operation))
+        except sqlite3.DatabaseError as exc:
+            self._check_corrupt(exc)
+            raise
 
     async def _read(self, query: Callable[[Connection], T]) -> T:
         """Inline; a WAL reader waits only in rare recovery cases, and then on a thread."""
         try:
             return query(self._inline_connection())
         except sqlite3.OperationalError as exc:
+            self._check_corrupt(exc)
             if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                 raise StoreUnavailable(f"sqlite: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            self._check_corrupt(exc)
+            raise
 
         def in_thread() -> T:
             try:
                 return query(self._thread_connection())
             except sqlite3.OperationalError as exc:
+                self._check_corrupt(exc)
                 raise StoreUnavailable(f"sqlite: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                self._check_corrupt(exc)
+                raise
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, in_thread)
 
@@ -191,7 +213,9 @@ class SQLiteStore:
 
     async def ping(self) -> bool:
         try:
-            await self._read(lambda conn: ops.one(conn.execute("SELECT 1")))
+            # The schema, not a constant: `SELECT 1` reads no page, so it passed on a file
+            # that was no longer a database.
+            await self._read(lambda conn: ops.one(conn.execute(_PING)))
         except StoreUnavailable:
             return False
         return True
