@@ -15,9 +15,11 @@ from litestar.testing import TestClient
 from redis.exceptions import ResponseError
 
 from engine import create_app
+from engine.domain.ledger import verify
 from engine.local import RedisServer
+from engine.store import store_from_url
 from engine.store.protocol import StoreUnavailable
-from engine.store.records import Context, GrantOrder
+from engine.store.records import Context, GrantOrder, RefusalOrder
 from engine.store.redis import RedisStore
 from engine.store.sqlite import SQLiteStore
 from engine.upstream.simulator import BackgroundSimulator
@@ -175,3 +177,53 @@ def test_serve_refuses_another_applications_database(tmp_path: Path) -> None:
     done = _serve(f"sqlite:///{path}")
     assert done.returncode == 2, done.stderr
     assert "not an engine one" in done.stderr.strip().splitlines()[-1]
+
+
+# -- 403 refusals are audited ----------------------------------------------------------------
+@pytest.fixture
+def app_client(
+    backend_url: str, fresh_simulator: BackgroundSimulator, spec_recorder: SpecRecorder
+) -> Iterator[TestClient]:  # type: ignore[type-arg]
+    with _client(backend_url, fresh_simulator, spec_recorder) as client:
+        yield client
+
+
+def _trail(client: TestClient, user_id: str) -> list[dict[str, object]]:  # type: ignore[type-arg]
+    audit = client.get("/v1/admin/audit", params={"userId": user_id}, headers=ADMIN)
+    assert audit.status_code == 200
+    entries: list[dict[str, object]] = audit.json()["entries"]
+    return entries
+
+
+def test_each_403_vend_refusal_leaves_exactly_one_entry(app_client: TestClient) -> None:  # type: ignore[type-arg]
+    app_client.post("/v1/credits/add", json={"userId": "ann", "amount": 1}, headers=ADMIN)
+    mismatch = app_client.post("/v1/vend-token", json={"userId": "bob"}, headers=bearer("ann"))
+    assert (mismatch.status_code, mismatch.json()["code"]) == (403, "user_mismatch")
+    no_scope = app_client.post("/v1/vend-token", headers=bearer("ann", scope="profile"))
+    assert (no_scope.status_code, no_scope.json()["code"]) == (403, "insufficient_scope")
+    refused = [e for e in _trail(app_client, "ann") if e["action"] == "vend_refused"]
+    assert [(e["reason"], e["delta"], e["balanceAfter"]) for e in refused] == [
+        ("user_mismatch", 0, 1),
+        ("insufficient_scope", 0, 1),
+    ]
+    assert _trail(app_client, "bob") == []
+    assert app_client.get("/v1/credits/balance", headers=bearer("ann")).json()["balance"] == 1
+
+
+async def test_record_refusal_on_the_store(backend_url: str) -> None:
+    store = store_from_url(backend_url)
+    await store.open()
+    try:
+        await store.grant(GrantOrder("ann", 2, "g1", "seed", None, Context(), 1e9))
+        entry = await store.record_refusal(
+            RefusalOrder("ann", "req_x", "user_mismatch", Context("1.2.3.4", "ua"), 1e9 + 1)
+        )
+        assert (entry.action, entry.delta, entry.balance_after) == ("vend_refused", 0, 2)
+        assert (entry.request_id, entry.reason, entry.ip) == ("req_x", "user_mismatch", "1.2.3.4")
+        assert await store.audit("ann", 10, 0) == [
+            (await store.audit("ann", 10, 0))[0],
+            entry,
+        ]
+        assert verify(await store.snapshot()).ok
+    finally:
+        await store.close()

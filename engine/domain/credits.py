@@ -32,6 +32,7 @@ from engine.store.records import (
     GrantOrder,
     GrantReceipt,
     RefundOrder,
+    RefusalOrder,
     VendOrder,
     VendReceipt,
 )
@@ -83,9 +84,15 @@ class CreditService:
         context: Context,
     ) -> Vended:
         """Spend one credit for a vended token; a replayed key returns the first token."""
-        require_scope(user, TRANSCRIBE_SCOPE)
-        if claimed_user_id is not None and claimed_user_id != user.user_id:
-            raise Forbidden("Body userId does not match the token subject", code="user_mismatch")
+        try:
+            require_scope(user, TRANSCRIBE_SCOPE)
+            if claimed_user_id is not None and claimed_user_id != user.user_id:
+                raise Forbidden(
+                    "Body userId does not match the token subject", code="user_mismatch"
+                )
+        except Forbidden as refusal:
+            await self._audit_refusal(user, refusal, context)
+            raise
         now = self._clock()
         minted = self._tokens.mint_vended(user.user_id, now)
         idempotency = scoped_key(
@@ -127,6 +134,21 @@ class CreditService:
             user.user_id, receipt.jti, receipt.issued_at, receipt.expires_at
         )
         return Vended(token, receipt, True, rate)
+
+    async def _audit_refusal(
+        self, user: UserPrincipal, refusal: Forbidden, context: Context
+    ) -> None:
+        """A vend refused with 403 leaves its `vend_refused` entry like any refused vend.
+
+        It counts against the user's rate window first, as a vend would: past the limit the
+        caller gets the 429 and nothing is written, so a stream of 403s cannot grow the
+        ledger faster than the limit lets vends do.
+        """
+        now = self._clock()
+        await self._limiter.hit(user.user_id, now)
+        await self._store.record_refusal(
+            RefusalOrder(user.user_id, new_request_id(), refusal.error_code, context, now)
+        )
 
     async def grant(
         self,

@@ -17,6 +17,7 @@ from engine.store.records import (
     LedgerSnapshot,
     RefundOrder,
     RefundOutcome,
+    RefusalOrder,
     SpendOutcome,
     StoredResponse,
     VendOrder,
@@ -53,6 +54,10 @@ class Store(Protocol):
         """
 
     async def grant(self, order: GrantOrder) -> GrantOutcome: ...
+
+    async def record_refusal(self, order: RefusalOrder) -> AuditEntry:
+        """Append one `vend_refused` entry (delta 0, the user's balance) for a vend refused
+        before its spend; balance read and entry written in one atomic step."""
 
     async def refund(self, order: RefundOrder) -> RefundOutcome:
         """Give back the credit of one vend, at most once."""

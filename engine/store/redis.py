@@ -48,6 +48,7 @@ from engine.store.records import (
     LedgerSnapshot,
     RefundOrder,
     RefundOutcome,
+    RefusalOrder,
     SpendOutcome,
     StoredResponse,
     VendOrder,
@@ -168,6 +169,7 @@ class RedisStore:
         self._spend = self._redis.register_script(lua.SPEND)
         self._grant = self._redis.register_script(lua.GRANT)
         self._refund = self._redis.register_script(lua.REFUND)
+        self._refuse = self._redis.register_script(lua.REFUSE)
         self._user_snapshot = self._redis.register_script(lua.USER_SNAPSHOT)
         self._hit = self._redis.register_script(lua.HIT_WINDOW)
         self._remember = self._redis.register_script(lua.REMEMBER)
@@ -342,6 +344,18 @@ class RedisStore:
         if status != "refunded":
             return RefundOutcome(status)
         return RefundOutcome(status, _entry_at(entry_id, entry))
+
+    async def record_refusal(self, order: RefusalOrder) -> AuditEntry:
+        user, at = _user(order.user_id), iso(order.now)
+        entry_id, entry = await self._run(
+            self._refuse,
+            [user + ":bal", user + ":ledger"],
+            [
+                _encode(order.reason),
+                _entry_fields(order.user_id, order.request_id, order.context, at),
+            ],
+        )
+        return _entry_at(entry_id, entry)
 
     async def balance(self, user_id: str) -> BalanceView:
         values = await self._call("HMGET", _user(user_id) + ":bal", "balance", "updated_at")

@@ -163,3 +163,13 @@ RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# KEYS: balance, ledger.  ARGV: reason (a JSON string), entry fields.  A vend refused before its
+# spend (403): the user's balance and one `vend_refused` entry.  Returns {id, entry}.
+REFUSE = (
+    _APPEND
+    + """
+local id, entry = append('vend_refused', 0, balance(), ARGV[1], ARGV[2])
+return {id, entry}
+"""
+)

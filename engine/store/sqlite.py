@@ -31,6 +31,7 @@ from engine.store.records import (
     LedgerSnapshot,
     RefundOrder,
     RefundOutcome,
+    RefusalOrder,
     SpendOutcome,
     StoredResponse,
     VendOrder,
@@ -229,6 +230,9 @@ class SQLiteStore:
 
     async def refund(self, order: RefundOrder) -> RefundOutcome:
         return await self._write(lambda conn: ops.refund(conn, order))
+
+    async def record_refusal(self, order: RefusalOrder) -> AuditEntry:
+        return await self._write(lambda conn: ops.record_refusal(conn, order))
 
     async def balance(self, user_id: str) -> BalanceView:
         def read(conn: Connection) -> BalanceView:

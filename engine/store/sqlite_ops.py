@@ -21,6 +21,7 @@ from engine.store.records import (
     IdempotencyKey,
     RefundOrder,
     RefundOutcome,
+    RefusalOrder,
     SpendOutcome,
     StoredResponse,
     VendOrder,
@@ -268,6 +269,22 @@ def _charge_or_refuse(
         raise RuntimeError("spend ran outside its write transaction")
     _append(conn, order.user_id, Action.VEND, -1, balance - 1, order.request_id, order.context, at)
     return SpendOutcome("charged", balance - 1, receipt, counted)
+
+
+def record_refusal(conn: Connection, order: RefusalOrder) -> AuditEntry:
+    row = one(conn.execute(_ACCOUNT, (order.user_id,)))
+    balance = int(row[0]) if row else 0
+    return _append(
+        conn,
+        order.user_id,
+        Action.VEND_REFUSED,
+        0,
+        balance,
+        order.request_id,
+        order.context,
+        iso(order.now),
+        order.reason,
+    )
 
 
 def grant(conn: Connection, order: GrantOrder) -> GrantOutcome:
