@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +19,22 @@ from redis.exceptions import ResponseError
 from engine import create_app
 from engine.domain.ledger import verify
 from engine.local import RedisServer
-from engine.store import store_from_url
+from engine.store import Store, store_from_url
 from engine.store.protocol import StoreUnavailable
-from engine.store.records import Context, GrantOrder, RefusalOrder
+from engine.store.records import (
+    UNFUNDED_REFUSALS_KEPT_PER_MINUTE,
+    Context,
+    GrantOrder,
+    RateWindow,
+    RefusalOrder,
+    SpendOutcome,
+)
 from engine.store.redis import RedisStore
 from engine.store.sqlite import SQLiteStore
 from engine.upstream.simulator import BackgroundSimulator
 from tests.conftest import ADMIN, bearer, make_settings
 from tests.spec_check import SpecRecorder
+from tests.test_store_contract import vend
 
 VIDEO = "https://www.tiktok.com/@creator/video/7300000000000000001"
 
@@ -227,3 +237,60 @@ async def test_record_refusal_on_the_store(backend_url: str) -> None:
         assert verify(await store.snapshot()).ok
     finally:
         await store.close()
+
+
+# -- refusals are bounded ----------------------------------------------------------------------
+@pytest.fixture
+async def opened(backend_url: str) -> AsyncIterator[Store]:
+    store = store_from_url(backend_url)
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def _rows(store: Store) -> int:
+    return len((await store.snapshot()).entries)
+
+
+async def test_a_flood_of_fresh_user_ids_leaves_a_bounded_ledger(opened: Store) -> None:
+    now = 60 * 30_000_000 + 5.0  # one minute, whatever the clock says
+    flood = 3 * UNFUNDED_REFUSALS_KEPT_PER_MINUTE
+    outcomes = await asyncio.gather(
+        *(opened.spend(vend(f"fresh-{i}", f"r{i}", now=now)) for i in range(flood // 2)),
+        *(
+            opened.record_refusal(
+                RefusalOrder(f"minted-{i}", f"q{i}", "user_mismatch", Context(), now)
+            )
+            for i in range(flood // 2)
+        ),
+    )
+    assert all(o is None or not isinstance(o, BaseException) for o in outcomes)
+    spends = [o for o in outcomes if isinstance(o, SpendOutcome)]
+    assert {o.status for o in spends} == {"insufficient"}
+    rows = await _rows(opened)
+    assert rows <= 2 * UNFUNDED_REFUSALS_KEPT_PER_MINUTE  # two reasons, each capped
+    tally = await opened.refusal_tally(int(now // 60))
+    assert tally == {"insufficient_credits": flood // 2, "user_mismatch": flood // 2}
+    assert verify(await opened.snapshot()).ok
+
+
+async def test_a_funded_users_refusals_keep_their_entries(opened: Store) -> None:
+    await opened.grant(GrantOrder("ann", 1, "g1", "seed", None, Context(), time.time()))
+    for i in range(3):
+        assert (await opened.spend(vend("ann", f"r{i}"))).status in {"charged", "insufficient"}
+    actions = [e.action for e in await opened.audit("ann", 10, 0)]
+    assert actions == ["grant", "vend", "vend_refused", "vend_refused"]
+
+
+async def test_past_the_rate_limit_only_the_windows_first_refusal_is_kept(opened: Store) -> None:
+    await opened.grant(GrantOrder("ann", 100, "g1", "seed", None, Context(), time.time()))
+    now = 60 * 30_000_000 + 1.0
+    rate = RateWindow("ann", 2, 60)
+    statuses = [
+        (await opened.spend(vend("ann", f"r{i}", now=now + i / 100, rate=rate))).status
+        for i in range(40)
+    ]
+    assert statuses == ["charged"] * 2 + ["rate_limited"] * 38
+    actions = [e.action for e in await opened.audit("ann", 100, 0)]
+    assert actions == ["grant", "vend", "vend", "vend_rate_limited"]
+    assert verify(await opened.snapshot()).ok

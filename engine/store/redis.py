@@ -38,6 +38,7 @@ from redis.retry import Retry
 from engine.store import redis_scripts as lua
 from engine.store.protocol import StoreUnavailable
 from engine.store.records import (
+    UNFUNDED_REFUSALS_KEPT_PER_MINUTE,
     AuditEntry,
     BalanceView,
     Context,
@@ -118,6 +119,10 @@ def _entry_at(position: int, raw: bytes) -> AuditEntry:
     if raw.startswith(b'{"id":'):
         return _entry.decode(raw)
     return _entry.decode(b'{"id":%d,' % position + raw[1:])
+
+
+def _tally_key(minute: int) -> str:
+    return f"refusals:{minute}"
 
 
 def _ms(epoch_seconds: float) -> int:
@@ -289,6 +294,12 @@ class RedisStore:
             ],
         )
         status = _text(status)
+        if status == "unfunded":
+            status = "insufficient"
+            if await self._tally("insufficient_credits", order.now):
+                await self._refusal_entry(
+                    order.user_id, order.request_id, "insufficient_credits", order.context, at
+                )
         window = WindowCount(int(counted), reset_at) if rate else None
         if status == "replayed":
             receipt = _vend_receipt.decode(payload)
@@ -345,17 +356,48 @@ class RedisStore:
             return RefundOutcome(status)
         return RefundOutcome(status, _entry_at(entry_id, entry))
 
-    async def record_refusal(self, order: RefusalOrder) -> AuditEntry:
-        user, at = _user(order.user_id), iso(order.now)
+    async def _tally(self, reason: str, now: float) -> bool:
+        """Count a refusal of a user without an account in the minute's tally; True while the
+        minute keeps entries of its own for them (see `UNFUNDED_REFUSALS_KEPT_PER_MINUTE`).
+        A command of its own: the tally is one key for all users, in no user's slot."""
+        counted = await self._call("HINCRBY", _tally_key(int(now // 60)), reason, 1)
+        return int(counted) <= UNFUNDED_REFUSALS_KEPT_PER_MINUTE
+
+    async def _refusal_entry(
+        self,
+        user_id: str,
+        request_id: str,
+        reason: str,
+        context: Context,
+        at: str,
+        keep: bool = True,
+    ) -> AuditEntry | None:
+        user = _user(user_id)
         entry_id, entry = await self._run(
             self._refuse,
             [user + ":bal", user + ":ledger"],
             [
-                _encode(order.reason),
-                _entry_fields(order.user_id, order.request_id, order.context, at),
+                _encode(reason),
+                _entry_fields(user_id, request_id, context, at),
+                "1" if keep else "0",
             ],
         )
-        return _entry_at(entry_id, entry)
+        return _entry_at(entry_id, entry) if entry_id else None
+
+    async def refusal_tally(self, minute: int) -> dict[str, int]:
+        raw = await self._call("HGETALL", _tally_key(minute))
+        if isinstance(raw, dict):
+            return {_text(k): int(v) for k, v in raw.items()}
+        pairs = list(raw or [])
+        return {_text(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+
+    async def record_refusal(self, order: RefusalOrder) -> AuditEntry | None:
+        at = iso(order.now)
+        args = (order.user_id, order.request_id, order.reason, order.context, at)
+        entry = await self._refusal_entry(*args, keep=False)
+        if entry is None and await self._tally(order.reason, order.now):
+            entry = await self._refusal_entry(*args)
+        return entry
 
     async def balance(self, user_id: str) -> BalanceView:
         values = await self._call("HMGET", _user(user_id) + ":bal", "balance", "updated_at")

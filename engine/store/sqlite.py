@@ -231,8 +231,11 @@ class SQLiteStore:
     async def refund(self, order: RefundOrder) -> RefundOutcome:
         return await self._write(lambda conn: ops.refund(conn, order))
 
-    async def record_refusal(self, order: RefusalOrder) -> AuditEntry:
+    async def record_refusal(self, order: RefusalOrder) -> AuditEntry | None:
         return await self._write(lambda conn: ops.record_refusal(conn, order))
+
+    async def refusal_tally(self, minute: int) -> dict[str, int]:
+        return await self._read(lambda conn: ops.refusal_tally(conn, minute))
 
     async def balance(self, user_id: str) -> BalanceView:
         def read(conn: Connection) -> BalanceView:

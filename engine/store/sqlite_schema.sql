@@ -73,3 +73,12 @@ CREATE TABLE IF NOT EXISTS cache (
     value      BLOB NOT NULL,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+
+-- Refusals of users without an account (no credits, ever), counted per minute and reason
+-- instead of one ledger entry each: fresh user ids cost nothing to mint.
+CREATE TABLE IF NOT EXISTS refusal_tallies (
+    minute INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    count  INTEGER NOT NULL,
+    PRIMARY KEY (minute, reason)
+) WITHOUT ROWID;
