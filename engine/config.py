@@ -78,6 +78,36 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be on or off (1/0, true/false), got {raw!r}")
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds; fractions allowed (tests probe every 0.2 s)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {raw}")
+    return value
+
+
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """`CORS_ORIGINS`: a comma list of origins (`*` for any); empty means no CORS."""
+    return tuple(o.strip().rstrip("/") for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+
+
 def generate_missing_secrets(env: Mapping[str, str]) -> dict[str, str]:
     """Dev mode: invent each secret that no alias provides.
 
@@ -128,6 +158,12 @@ class Settings:
     max_header_bytes: int = 16 * 1024
     read_timeout_seconds: int = 10
     keepalive_seconds: int = 5
+    # The job lifecycle: kept results, failed-job refunds, the TTTranscribe webhook.
+    refund_failed_jobs: bool = True
+    job_lost_grace_seconds: float = 600.0
+    webhook_secret: str = ""  # empty: the upstream secret (TTT_SHARED_SECRET)
+    ttt_probe_interval_seconds: float = 10.0
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -177,6 +213,11 @@ class Settings:
             max_header_bytes=_int(env, "ENGINE_MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
             read_timeout_seconds=_int(env, "ENGINE_READ_TIMEOUT_SECONDS", 10, minimum=1),
             keepalive_seconds=_int(env, "ENGINE_KEEPALIVE_SECONDS", 5, minimum=1),
+            refund_failed_jobs=_flag(env, "REFUND_FAILED_JOBS", default=True),
+            job_lost_grace_seconds=float(_int(env, "JOB_LOST_GRACE_SECONDS", 600)),
+            webhook_secret=env.get("TTT_WEBHOOK_SECRET", "").strip(),
+            ttt_probe_interval_seconds=_seconds(env, "TTT_PROBE_INTERVAL_SECONDS", 10.0),
+            cors_origins=_origins(env),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -28,8 +28,11 @@ from engine.http.controllers.metadata import MetadataController
 from engine.http.controllers.spec import openapi_spec
 from engine.http.controllers.transcription import TranscriptionController
 from engine.http.controllers.vend import VendController
+from engine.http.controllers.webhooks import WebhooksController
+from engine.http.cors import cors_config, drop_unlisted_origins
 from engine.http.dependencies import provide_services
 from engine.http.errors import handle_exception
+from engine.http.head import head_as_get
 from engine.services import Services
 from engine.store import Store, StoreUnavailable, store_from_url
 
@@ -65,21 +68,24 @@ def create_app(
         if owns_store:
             await services.store.open()
         purger = asyncio.create_task(_purge_forever(services))
+        prober = asyncio.create_task(services.monitor.run())
         try:
             yield
         finally:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            for task in (purger, prober):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await services.aclose()
             if owns_store:
                 await services.store.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             HealthController,
             CreditsController,
             VendController,
+            WebhooksController,
             AdminController,
             TranscriptionController,
             MetadataController,
@@ -92,7 +98,11 @@ def create_app(
         openapi_config=None,
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
+        cors_config=cors_config(settings),
     )
+    # Both act before routing, so they wrap the root handler (CORS middleware included).
+    app.asgi_handler = head_as_get(drop_unlisted_origins(app.asgi_handler, app.cors_config))
+    return app
 
 
 def create_server_app() -> Litestar:
