@@ -17,6 +17,7 @@ from litestar.testing import TestClient
 from redis.exceptions import ResponseError
 
 from engine import create_app
+from engine.domain.credits import REFUSALS_KEPT_PER_MINUTE
 from engine.domain.ledger import verify
 from engine.local import RedisServer
 from engine.store import Store, store_from_url
@@ -294,3 +295,14 @@ async def test_past_the_rate_limit_only_the_windows_first_refusal_is_kept(opened
     actions = [e.action for e in await opened.audit("ann", 100, 0)]
     assert actions == ["grant", "vend", "vend", "vend_rate_limited"]
     assert verify(await opened.snapshot()).ok
+
+
+def test_a_stream_of_403s_keeps_a_bounded_trail_and_no_rate_window(app_client: TestClient) -> None:  # type: ignore[type-arg]
+    app_client.post("/v1/credits/add", json={"userId": "ann", "amount": 1}, headers=ADMIN)
+    for _ in range(REFUSALS_KEPT_PER_MINUTE + 15):
+        refused = app_client.post("/v1/vend-token", json={"userId": "bob"}, headers=bearer("ann"))
+        assert refused.status_code == 403
+    refusals = [e for e in _trail(app_client, "ann") if e["action"] == "vend_refused"]
+    assert 1 <= len(refusals) <= 2 * REFUSALS_KEPT_PER_MINUTE  # two minutes at most
+    balance = app_client.get("/v1/credits/balance", headers=bearer("ann"))
+    assert balance.status_code == 200 and balance.json()["balance"] == 1

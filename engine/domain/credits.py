@@ -14,7 +14,7 @@ import msgspec
 
 from engine.config import Settings
 from engine.domain.idempotency import fingerprint, scoped_key
-from engine.domain.ratelimit import RateLimiter, RateState
+from engine.domain.ratelimit import WINDOW_SECONDS, RateLimiter, RateState, refusal_subject
 from engine.domain.tokens import TRANSCRIBE_SCOPE, TokenAuthority, UserPrincipal, require_scope
 from engine.errors import (
     Conflict,
@@ -42,6 +42,10 @@ Clock = Callable[[], float]
 # A vend's body holds nothing that changes its outcome (a `userId` must match the token), so
 # every keyed vend has this one fingerprint; hashed once rather than on every vend.
 _VEND_FINGERPRINT = fingerprint(b"vend-token")
+
+
+# 403-refused vends kept in the ledger per user per minute; the rest are counted, not kept.
+REFUSALS_KEPT_PER_MINUTE = 10
 
 
 def new_request_id() -> str:
@@ -142,12 +146,14 @@ class CreditService:
     ) -> None:
         """A vend refused with 403 leaves its `vend_refused` entry like any refused vend.
 
-        It counts against the user's rate window first, as a vend would: past the limit the
-        caller gets the 429 and nothing is written, so a stream of 403s cannot grow the
-        ledger faster than the limit lets vends do.
+        Counted in a window of its own first: past `REFUSALS_KEPT_PER_MINUTE` in a minute
+        the further 403s of that user are counted there but not kept, so a stream of them
+        cannot grow the ledger without bound (and does not use up the user's rate limit).
         """
         now = self._clock()
-        await self._limiter.hit(user.user_id, now)
+        counted = await self._store.hit_window(refusal_subject(user.user_id), WINDOW_SECONDS, now)
+        if counted.count > REFUSALS_KEPT_PER_MINUTE:
+            return
         await self._store.record_refusal(
             RefusalOrder(user.user_id, new_request_id(), refusal.error_code, context, now)
         )

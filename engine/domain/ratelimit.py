@@ -28,6 +28,12 @@ def ip_subject(address: str) -> str:
     return _IP_NAMESPACE + address
 
 
+def refusal_subject(user_id: str) -> str:
+    """The window counting a user's 403-refused vends (not their rate window: a refusal does
+    not use up the user's requests)."""
+    return "refused|" + user_id
+
+
 class RateState(msgspec.Struct, frozen=True):
     limit: int
     remaining: int
