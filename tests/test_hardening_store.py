@@ -123,22 +123,28 @@ async def test_misconf_is_store_unavailable_and_degraded() -> None:
 
 
 # -- a corrupt SQLite file -------------------------------------------------------------------
-async def _engine_file(path: Path) -> None:
+async def _engine_file(path: Path) -> int:
+    """An engine file with 300 accounts; the number of bytes its empty schema took."""
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    schema_bytes = (await asyncio.to_thread(path.stat)).st_size
     store = SQLiteStore(path)
     await store.open()
     for index in range(300):
         await store.grant(GrantOrder(f"user-{index}", 1, f"g{index}", "seed", None, Context(), 1e9))
     await store.close()
+    return schema_bytes
 
 
 async def test_a_corrupt_sqlite_file_is_503_and_health_says_so(
     tmp_path: Path, fresh_simulator: BackgroundSimulator, spec_recorder: SpecRecorder
 ) -> None:
     path = tmp_path / "engine.db"
-    await _engine_file(path)
+    schema_bytes = await _engine_file(path)
     data = bytearray(path.read_bytes())
-    page = int.from_bytes(data[16:18], "big")
-    data[page:] = bytes([0xA5]) * (len(data) - page)  # every page but the schema's
+    assert len(data) > schema_bytes
+    data[schema_bytes:] = bytes([0xA5]) * (len(data) - schema_bytes)  # the pages data added
     path.write_bytes(bytes(data))
     with _client(f"sqlite:///{path}", fresh_simulator, spec_recorder) as client:
         balance = client.get("/v1/credits/balance", headers=bearer("user-7"))
