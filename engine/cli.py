@@ -59,8 +59,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     if args.store:
         os.environ["ENGINE_STORE_URL"] = args.store
     if args.dev:
@@ -85,17 +83,11 @@ def _serve(args: argparse.Namespace) -> int:
         f" workers={args.workers}",
         file=sys.stderr,
     )
-    uvicorn.run(
-        "engine.http.app:create_server_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers if args.workers > 1 else None,
-        log_level=args.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=5,
+    from engine.http.server import serve
+
+    return serve(
+        settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level
     )
-    return 0
 
 
 def _mint(args: argparse.Namespace) -> int:

@@ -123,6 +123,22 @@ class GrantOrder(msgspec.Struct, frozen=True):
     now: float
 
 
+# Refusals of users without an account (no credits, ever) are all counted in a per-minute
+# tally; only this many a minute, across all such users, also get a ledger entry of their own.
+UNFUNDED_REFUSALS_KEPT_PER_MINUTE = 100
+
+
+class RefusalOrder(msgspec.Struct, frozen=True):
+    """A vend refused before it reached the spend (403: another user's id, a missing scope);
+    recorded as a `vend_refused` entry so that every refused vend leaves one."""
+
+    user_id: str
+    request_id: str
+    reason: str
+    context: Context
+    now: float
+
+
 class GrantReceipt(msgspec.Struct, frozen=True):
     user_id: str
     amount: int

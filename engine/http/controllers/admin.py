@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from litestar import Controller, get
 from litestar.di import NamedDependency, Provide
 from litestar.types import ASGIApp
 from msgspec import UNSET
 
+from engine.domain.ids import is_valid_id
 from engine.errors import InvalidRequest
 from engine.http.bodies import AuditResponse
 from engine.http.controllers.credits import entry_body
@@ -17,14 +16,18 @@ from engine.http.responses import json_response
 from engine.services import Services
 
 MAX_PAGE = 500
-USER_ID = re.compile(r"[A-Za-z0-9._:@|+-]{1,128}")
+# More digits than any bound below: a longer string is refused without parsing it.
+_MAX_DIGITS = 19
 
 
 def _int_param(request: AnyRequest, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # `str.isdigit` is true of "²" and "٣", which `int()` then refuses or reads: ASCII only.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_DIGITS) or not (
+        low <= int(raw) <= high
+    ):
         raise InvalidRequest(
             f"{name} must be an integer from {low} to {high}", details={"parameter": name}
         )
@@ -40,7 +43,7 @@ class AdminController(Controller):
         self, request: AnyRequest, admin: NamedDependency[None], services: NamedDependency[Services]
     ) -> ASGIApp:
         user_id = request.query_params.get("userId", "")
-        if not USER_ID.fullmatch(user_id):
+        if not is_valid_id(user_id):
             raise InvalidRequest(
                 "userId query parameter is required", details={"parameter": "userId"}
             )
