@@ -47,6 +47,14 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first is the default), case-insensitive."""
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def generate_missing_secrets(env: Mapping[str, str]) -> dict[str, str]:
     """Dev mode: invent each secret that no alias provides.
 
@@ -93,6 +101,11 @@ class Settings:
     breaker_cooldown_seconds: float = 30.0
     build_ref: str = "unknown"
     dev_mode: bool = False
+    # Observability (issue 20): `LOG_FORMAT`, `ACCESS_LOG`, `METRICS_TOKEN` (unset: no metrics
+    # are collected and `/metrics` is 404).
+    log_format: str = "human"
+    access_log: bool = True
+    metrics_token: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +150,9 @@ class Settings:
             breaker_cooldown_seconds=float(_int(env, "BREAKER_COOLDOWN_SECONDS", 30, 1)),
             build_ref=env.get("BUILD_REF", "").strip() or "unknown",
             dev_mode=dev,
+            log_format=_choice(env, "LOG_FORMAT", ("human", "json")),
+            access_log=_choice(env, "ACCESS_LOG", ("on", "off")) == "on",
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -17,6 +17,7 @@ from engine.domain.idempotency import fingerprint, scoped_key
 from engine.domain.ratelimit import RateLimiter, RateState
 from engine.domain.tokens import TRANSCRIBE_SCOPE, TokenAuthority, UserPrincipal, require_scope
 from engine.errors import (
+    USER_MISMATCH,
     Conflict,
     Forbidden,
     IdempotencyKeyReused,
@@ -85,7 +86,11 @@ class CreditService:
         """Spend one credit for a vended token; a replayed key returns the first token."""
         require_scope(user, TRANSCRIBE_SCOPE)
         if claimed_user_id is not None and claimed_user_id != user.user_id:
-            raise Forbidden("Body userId does not match the token subject", code="user_mismatch")
+            raise Forbidden(
+                "Body userId does not match the token subject",
+                code="user_mismatch",
+                guidance=USER_MISMATCH,
+            )
         now = self._clock()
         minted = self._tokens.mint_vended(user.user_id, now)
         idempotency = scoped_key(
