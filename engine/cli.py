@@ -220,8 +220,8 @@ def _serve(args: argparse.Namespace) -> int:
         written = dev_secrets(os.environ, args.dev_secrets)
         verb = "generated into" if written else "read from"
         print(
-            f"dev mode: secrets {verb} {args.dev_secrets.resolve()} (mode 0600; load them into"
-            f" a shell with: set -a; . {args.dev_secrets}; set +a)",
+            f"dev mode: secrets {verb} {args.dev_secrets.resolve()} (mode 0600, reused on the"
+            " next start; `set -a; . FILE; set +a` loads them into a shell)",
             file=sys.stderr,
         )
     settings = Settings.from_env()
