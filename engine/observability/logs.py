@@ -86,15 +86,39 @@ def configure_logging(json_lines: bool, level: str = "INFO") -> None:
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+# What needs no escaping inside a JSON string or a quoted human field.
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@|+-/{}")
+
+
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
+def _plain(text: str) -> bool:
+    return _PLAIN.issuperset(text)
 
 
 class AccessLog:
-    """Formats one line per request and writes the lines of one loop turn together."""
+    """Formats one line per request and writes the lines of one loop turn together.
+
+    Formatted by hand rather than through `msgspec` or `logging`: every field is either the
+    engine's own (route template, status, duration, a request id that matched its pattern) or
+    checked against a plain alphabet and escaped when it is not, and this is the one line
+    every request pays for.
+    """
 
     def __init__(self, json_lines: bool, stream: TextIO | None = None) -> None:
         self._json = json_lines
         self._stream = stream
         self._pending: list[str] = []
+        self._second = -1
+        self._stamp = ""
+
+    def _now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # formatted once a second
+            self._second, self._stamp = second, iso(second)[:-5]
+        return self._stamp + _MILLIS[int((now - second) * 1000)]
 
     def line(
         self,
@@ -105,29 +129,47 @@ class AccessLog:
         user_id: str,
         request_id: str,
     ) -> str:
-        """`route` is the route template (never the raw path, which is user text); the
-        method is a known one or escaped."""
-        now = time.time()
+        """`route` is the route template (never the raw path, which is user text), the request
+        id matched `[A-Za-z0-9._-]` or was made here; the method and user id are escaped
+        unless plain."""
+        shown_method = method if method in _METHODS else quoted(method)
         if self._json:
-            fields: dict[str, Any] = {
-                "ts": iso(now),
-                "level": "info",
-                "logger": "engine.access",
-                "method": method,
-                "route": route,
-                "status": status,
-                "durationMs": round(duration_ms, 3),
-                "requestId": request_id,
-            }
+            if shown_method is method:
+                shown_method = '"' + method + '"'
+            line = (
+                '{"ts":"'
+                + self._now()
+                + '","level":"info","logger":"engine.access","method":'
+                + shown_method
+                + ',"route":"'
+                + route
+                + '","status":'
+                + str(status)
+                + ',"durationMs":'
+                + f"{duration_ms:.3f}"
+                + ',"requestId":"'
+                + request_id
+                + '"'
+            )
             if user_id:
-                fields["userId"] = user_id
-            return _encode(fields).decode()
-        shown = method if method in _METHODS else quoted(method)
-        line = (
-            f"{iso(now)} INFO engine.access {shown} {route} {status} {duration_ms:.1f}ms"
-            f" request_id={request_id}"
+                line += ',"userId":' + ('"' + user_id + '"' if _plain(user_id) else quoted(user_id))
+            return line + "}"
+        line = " ".join(
+            (
+                self._now(),
+                "INFO engine.access",
+                shown_method,
+                route,
+                str(status),
+                f"{duration_ms:.1f}ms",
+                "request_id=" + request_id,
+            )
         )
-        return line + f" user_id={quoted(user_id)}" if user_id else line
+        if user_id:
+            line += (
+                ' user_id="' + user_id + '"' if _plain(user_id) else " user_id=" + quoted(user_id)
+            )
+        return line
 
     def write(self, line: str) -> None:
         if not self._pending:
