@@ -50,6 +50,7 @@ environment (flags win over variables):
   LOG_FORMAT             human | json; default human
   ACCESS_LOG             on | off: one line per request; default on
   METRICS_TOKEN          enables GET /metrics for `Authorization: Bearer <token>`; default unset
+  METRICS_PORT           also serve metrics on 127.0.0.1:<port> (no token); default unset
   PROMETHEUS_MULTIPROC_DIR  metrics files with --workers > 1; default a fresh temp directory
   RATE_LIMIT_PER_MINUTE, IDEMPOTENCY_TTL_SECONDS, JWT_LEEWAY_SECONDS, BREAKER_*: see README
 
@@ -227,8 +228,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     check_store(settings.store_url)
     check_port(args.host, args.port)
-    if settings.metrics_token and args.workers > 1:
+    if settings.metrics_port:
+        check_port("127.0.0.1", settings.metrics_port, "METRICS_PORT")
+    if settings.metrics_port or (settings.metrics_token and args.workers > 1):
         prepare_multiprocess_metrics(os.environ)
+    if settings.metrics_port:
+        from engine.observability.metrics import serve_on_loopback
+
+        serve_on_loopback(settings.metrics_port)
     if args.dev:
         from engine.upstream.simulator import start_background_simulator
 

@@ -106,6 +106,7 @@ class Settings:
     log_format: str = "human"
     access_log: bool = True
     metrics_token: str = ""
+    metrics_port: int = 0  # `METRICS_PORT`: also serve metrics on 127.0.0.1:<port>, no token
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -153,6 +154,7 @@ class Settings:
             log_format=_choice(env, "LOG_FORMAT", ("human", "json")),
             access_log=_choice(env, "ACCESS_LOG", ("on", "off")) == "on",
             metrics_token=env.get("METRICS_TOKEN", "").strip(),
+            metrics_port=_int(env, "METRICS_PORT", 0),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

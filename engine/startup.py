@@ -43,10 +43,10 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int, name: str = "--port / ENGINE_PORT") -> None:
     """Bind the address once, as uvicorn will, so "in use" is found before anything runs."""
     if not 0 < port < 65536:
-        raise StartupError(f"--port / ENGINE_PORT: {port} is not a port; use 1-65535")
+        raise StartupError(f"{name}: {port} is not a port; use 1-65535")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -54,8 +54,8 @@ def check_port(host: str, port: int) -> None:
         except OSError as exc:
             if exc.errno == 98:  # EADDRINUSE
                 raise StartupError(
-                    f"--port / ENGINE_PORT: {host}:{port} is already in use; stop what listens"
-                    " there or choose another port"
+                    f"{name}: {host}:{port} is already in use; stop what listens there or"
+                    " choose another port"
                 ) from None
             raise StartupError(
                 f"--host / ENGINE_HOST: cannot listen on {host}:{port} ({exc.strerror});"

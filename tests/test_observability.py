@@ -15,12 +15,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine import Settings, create_app
-from engine.local import LocalEngine
+from engine.local import LocalEngine, free_port
 from engine.observability.context import begin, request_id_from
 from engine.observability.logs import AccessLog, EngineFormatter
 from engine.store import Store, store_from_url
@@ -253,3 +254,22 @@ def test_sqlite_ledger_from_before_http_request_ids_reads_and_upgrades(tmp_path:
             await store.close()
 
     assert asyncio.run(scenario()) == ["", "http-1"]
+
+
+@pytest.mark.server
+def test_metrics_port_serves_every_worker_on_loopback() -> None:
+    port = free_port()
+    with LocalEngine(env={"METRICS_PORT": str(port)}) as engine:
+        assert engine.client.get("/metrics").status_code == 404  # no token: not on the API port
+        engine.client.get("/health/services")
+
+        def served() -> bool:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            return any(
+                sample.labels.get("route") == "/health/services"
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "pluct_http_requests_total"
+            )
+
+        wait_for(served, "the request on the metrics port")

@@ -63,7 +63,7 @@ def create_app(
     settings = settings or Settings.from_env()
     owns_store = store is None
     store = store or store_from_url(settings.store_url)
-    metrics = Metrics() if settings.metrics_token else None
+    metrics = Metrics() if settings.metrics_token or settings.metrics_port else None
     if metrics is not None:
         store = cast(Store, TimedStore(store, metrics))
     services = Services.build(settings, store, clock, transport)

@@ -17,6 +17,7 @@ from engine.observability.logs import AccessLog
 from engine.observability.metrics import Metrics
 
 UNMATCHED = "unmatched"  # the route of a request no route matched (never its raw path)
+_HTTP: str = ScopeType.HTTP.value
 
 
 class Observed:
@@ -28,7 +29,7 @@ class Observed:
         self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
+        if scope["type"] != _HTTP:
             await self._app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -53,7 +54,7 @@ class Observed:
         finally:
             seconds = time.perf_counter() - started
             route = scope.get("path_template") or UNMATCHED
-            method: str = scope["method"]
+            method: str = scope["method"]  # type: ignore[typeddict-item]  # an http scope
             if self._log is not None:
                 self._log.write(
                     self._log.line(

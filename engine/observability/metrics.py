@@ -212,6 +212,18 @@ class Metrics:
         return generate_latest(registry), content_type
 
 
+def serve_on_loopback(port: int) -> None:
+    """`METRICS_PORT`: every worker's metrics on `127.0.0.1:<port>`, from a thread of the
+    supervising process (so one listener, whatever `--workers`).  Loopback only and without
+    a token: reachable only from this machine.  Needs `PROMETHEUS_MULTIPROC_DIR` set first."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr="127.0.0.1", registry=registry)
+
+
 def _add(child: Any, pending: _Histogram) -> None:
     """Bucket counts into a `prometheus_client` histogram child (non-cumulative inside)."""
     child._sum.inc(pending.total)
