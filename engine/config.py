@@ -55,6 +55,17 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return raw
 
 
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be on or off (1/0, true/false), got {raw!r}")
+
+
 def generate_missing_secrets(env: Mapping[str, str]) -> dict[str, str]:
     """Dev mode: invent each secret that no alias provides.
 
@@ -107,6 +118,10 @@ class Settings:
     access_log: bool = True
     metrics_token: str = ""
     metrics_port: int = 0  # `METRICS_PORT`: also serve metrics on 127.0.0.1:<port>, no token
+    # The job lifecycle: kept results, failed-job refunds, the TTTranscribe webhook.
+    refund_failed_jobs: bool = True
+    job_lost_grace_seconds: float = 600.0
+    webhook_secret: str = ""  # empty: the upstream secret (TTT_SHARED_SECRET)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -152,9 +167,12 @@ class Settings:
             build_ref=env.get("BUILD_REF", "").strip() or "unknown",
             dev_mode=dev,
             log_format=_choice(env, "LOG_FORMAT", ("human", "json")),
-            access_log=_choice(env, "ACCESS_LOG", ("on", "off")) == "on",
+            access_log=_flag(env, "ACCESS_LOG", default=True),
             metrics_token=env.get("METRICS_TOKEN", "").strip(),
             metrics_port=_int(env, "METRICS_PORT", 0),
+            refund_failed_jobs=_flag(env, "REFUND_FAILED_JOBS", default=True),
+            job_lost_grace_seconds=float(_int(env, "JOB_LOST_GRACE_SECONDS", 600)),
+            webhook_secret=env.get("TTT_WEBHOOK_SECRET", "").strip(),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

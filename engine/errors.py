@@ -28,6 +28,10 @@ USER_MISMATCH = (
     "Omit userId, or send the user named by the `sub` of the token in"
     " `Authorization: Bearer <user JWT>`"
 )
+WEBHOOK_AUTH = (
+    "Send the payload's HMAC-SHA256 signature, made with the webhook secret, in the"
+    " `X-TTTranscribe-Signature` header"
+)
 METRICS_AUTH = "Send the metrics token in the header `Authorization: Bearer <METRICS_TOKEN>`"
 
 

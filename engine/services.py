@@ -17,6 +17,7 @@ from engine.domain.metadata import MetadataService
 from engine.domain.ratelimit import RateLimiter
 from engine.domain.tokens import TokenAuthority
 from engine.domain.transcription import TranscriptionService
+from engine.domain.webhooks import WebhookService
 from engine.store.protocol import Store
 from engine.upstream.breaker import CircuitBreaker
 from engine.upstream.client import TTTClient
@@ -36,6 +37,7 @@ class Services:
     metadata: MetadataService
     monitor: UpstreamMonitor
     fetcher: PageFetcher
+    webhooks: WebhookService
     clock: Clock = time.time
     started_at: float = field(default_factory=time.monotonic)
 
@@ -73,6 +75,7 @@ class Services:
             if transport
             else None,
         )
+        transcription = TranscriptionService(store, ttt, limiter, settings, clock)
         return cls(
             settings=settings,
             store=store,
@@ -80,10 +83,11 @@ class Services:
             limiter=limiter,
             credits=CreditService(store, tokens, limiter, settings, clock),
             ttt=ttt,
-            transcription=TranscriptionService(store, ttt, limiter, settings, clock),
+            transcription=transcription,
             metadata=MetadataService(store, fetcher, clock),
             monitor=UpstreamMonitor(ttt),
             fetcher=fetcher,
+            webhooks=WebhookService(store, transcription, ttt, settings, clock),
             clock=clock,
         )
 

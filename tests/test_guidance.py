@@ -104,9 +104,10 @@ def test_a_used_vended_token_names_the_vended_token(api: TestClient) -> None:
     _refusal(again, 401, VENDED_HEADER)
 
 
-def test_status_names_either_token(api: TestClient) -> None:
+@pytest.mark.parametrize("route", ["status", "poll"])
+def test_status_and_poll_name_either_token(api: TestClient, route: str) -> None:
     for headers in ({}, {"Authorization": "Bearer not.a.jwt"}, {"X-API-Key": ADMIN_KEY}):
-        _refusal(api.get("/ttt/status/job-1", headers=headers), 401, EITHER_HEADER)
+        _refusal(api.get(f"/ttt/{route}/job-1", headers=headers), 401, EITHER_HEADER)
 
 
 def test_metrics_name_the_metrics_token(settings: Settings) -> None:
@@ -116,3 +117,13 @@ def test_metrics_name_the_metrics_token(settings: Settings) -> None:
             response = client.get("/metrics", headers=headers)
             _refusal(response, 401, "`Authorization: Bearer <METRICS_TOKEN>`")
         assert client.get("/metrics", headers={"Authorization": "Bearer m-token"}).is_success
+
+
+def test_the_webhook_names_its_signature_header(api: TestClient) -> None:
+    for headers in ({}, {"X-TTTranscribe-Signature": "00" * 32}):
+        response = api.post(
+            "/webhooks/tttranscribe",
+            headers=headers,
+            json={"jobId": "j", "status": "completed", "timestamp": "2026-01-01T00:00:00Z"},
+        )
+        _refusal(response, 401, "`X-TTTranscribe-Signature`")

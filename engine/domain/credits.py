@@ -35,6 +35,7 @@ from engine.store.records import (
     RefundOrder,
     VendOrder,
     VendReceipt,
+    vend_request_id,
 )
 
 Clock = Callable[[], float]
@@ -104,7 +105,8 @@ class CreditService:
         outcome = await self._store.spend(
             VendOrder(
                 user_id=user.user_id,
-                request_id=new_request_id(),
+                # Named after its token, so the token leads to its vend (see the jobs).
+                request_id=vend_request_id(minted.jti),
                 jti=minted.jti,
                 issued_at=minted.issued_at,
                 expires_at=minted.expires_at,
@@ -181,6 +183,12 @@ class CreditService:
         )
         if outcome.status == "already_refunded":
             raise Conflict("That vend was already refunded", code="already_refunded")
+        if outcome.status in ("token_used", "token_in_use"):
+            # Its token bought a job (or is buying one): the credit paid for a job that ran.
+            raise Conflict(
+                "That vend's token was used for a transcription; its credit is not refundable",
+                code=outcome.status,
+            )
         if outcome.entry is None:
             raise NotFound("No vend with that requestId for that user", code="vend_not_found")
         return outcome.entry

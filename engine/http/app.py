@@ -30,6 +30,7 @@ from engine.http.controllers.metrics import metrics_route
 from engine.http.controllers.spec import openapi_spec
 from engine.http.controllers.transcription import TranscriptionController
 from engine.http.controllers.vend import VendController
+from engine.http.controllers.webhooks import WebhooksController
 from engine.http.dependencies import provide_services
 from engine.http.errors import handle_exception
 from engine.observability.access import Observed
@@ -92,6 +93,7 @@ def create_app(
             HealthController,
             CreditsController,
             VendController,
+            WebhooksController,
             AdminController,
             TranscriptionController,
             MetadataController,

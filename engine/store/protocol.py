@@ -12,8 +12,11 @@ from typing import Protocol
 from engine.store.records import (
     AuditEntry,
     BalanceView,
+    ConsumeOrder,
     GrantOrder,
     GrantOutcome,
+    JobObservation,
+    JobRecord,
     LedgerSnapshot,
     RefundOrder,
     RefundOutcome,
@@ -52,7 +55,8 @@ class Store(Protocol):
     async def grant(self, order: GrantOrder) -> GrantOutcome: ...
 
     async def refund(self, order: RefundOrder) -> RefundOutcome:
-        """Give back the credit of one vend, at most once."""
+        """Give back the credit of one vend, at most once; never for a vend whose token bought a
+        job or is buying one (`token_used`, `token_in_use`)."""
 
     async def balance(self, user_id: str) -> BalanceView: ...
 
@@ -85,3 +89,29 @@ class Store(Protocol):
 
     async def purge_expired(self, now: float) -> int:
         """Drop expired keys, windows, claims and cache entries; never ledger entries."""
+
+    # -- the job lifecycle (one vended token = one job) ---------------------------------
+    async def consume_token(self, order: ConsumeOrder) -> str:
+        """Move a vended token from unused to in flight and create its job (`submitting`), in
+        one step.  Returns consumed, token_used, token_in_use or token_refunded; of any number
+        of concurrent calls for one token, one is consumed.  Excludes `refund` of its vend."""
+
+    async def accept_job(
+        self, user_id: str, job_id: str, upstream_id: str, body: bytes, now: float
+    ) -> JobRecord | None:
+        """Upstream took the job: record its upstream id and body and mark the token used."""
+
+    async def release_token(self, user_id: str, job_id: str) -> bool:
+        """Upstream refused or failed: delete the submitting job and return its token to
+        unused, once (True).  A job already known to upstream (a webhook came) keeps it."""
+
+    async def job(self, user_id: str, job_id: str) -> JobRecord | None:
+        """The job, if it exists and belongs to `user_id`."""
+
+    async def job_owner(self, job_id: str) -> str | None:
+        """Who owns the job (for the webhook, which names the job and not the user)."""
+
+    async def observe_job(self, observation: JobObservation) -> JobRecord | None:
+        """Record what was learnt of a job (see `JobObservation`) and return it as stored;
+        the first terminal state wins, and its refund happens in the same step, so concurrent
+        observers refund once."""

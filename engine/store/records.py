@@ -153,7 +153,8 @@ class RefundOrder(msgspec.Struct, frozen=True):
 
 
 class RefundOutcome(msgspec.Struct, frozen=True):
-    """`status` is one of refunded, already_refunded, not_found."""
+    """`status` is one of refunded, already_refunded, not_found, and (the vend's token bought a
+    job or is buying one) token_used, token_in_use."""
 
     status: str
     entry: AuditEntry | None = None
@@ -177,3 +178,76 @@ class LedgerSnapshot(msgspec.Struct, frozen=True):
 
     balances: dict[str, int]
     entries: list[AuditEntry]
+
+
+# -- the job lifecycle: a vended token's consumption and the job it bought --------------
+class ConsumeOrder(msgspec.Struct, frozen=True):
+    """Spend a vended token on a new job, in state `submitting`, owned by `user_id`.
+
+    `hold_until` bounds how long the token stays in flight: past it, the submission is taken
+    to have died mid-call (the engine crashed) and a new one may take the token over.
+    """
+
+    job_id: str
+    user_id: str
+    jti: str
+    vend_request_id: str
+    body: bytes
+    hold_until: float
+    expires_at: float
+    now: float
+
+
+class JobRecord(msgspec.Struct, frozen=True):
+    """One job as the store keeps it.  `state` is submitting, accepted, completed or failed;
+    `body` is the status body last answered (JSON); `change` names its status and progress,
+    so that `updated_at` moves only when those do; `lost_since` is when upstream first said
+    it had no such job (0: it has not)."""
+
+    job_id: str
+    user_id: str
+    jti: str
+    vend_request_id: str
+    state: str
+    upstream_id: str
+    body: bytes
+    change: str
+    created_at: float
+    updated_at: float
+    lost_since: float
+    credits_refunded: int
+
+
+class JobObservation(msgspec.Struct, frozen=True):
+    """What the engine just learnt of a job: its upstream state (`status`, `body`, `change`),
+    or, with `lost`, that upstream has no such job (then `body` is the failed body to keep
+    once `grace_seconds` have passed since it was first lost).  A terminal state is kept
+    once and never replaced; reaching `failed` refunds the vend when `refund` is set."""
+
+    user_id: str
+    job_id: str
+    status: str
+    body: bytes
+    change: str
+    now: float
+    upstream_id: str = ""
+    lost: bool = False
+    grace_seconds: float = 0.0
+    refund: bool = False
+    vend_request_id: str = ""
+
+
+VEND_REQUEST_PREFIX = "req_"
+FAILED_JOB_REFUND_REASON = "job_failed"  # the reason of a failed job's automatic refund
+
+
+def vend_request_id(jti: str) -> str:
+    """The requestId of the vend that minted the token `jti`: a vend names its request after
+    its token, so a token leads to its vend (for a refund's exclusion) with no lookup."""
+    return VEND_REQUEST_PREFIX + jti
+
+
+def token_of_vend(request_id: str) -> str | None:
+    """The inverse of `vend_request_id`; None for a vend made before requests were named so."""
+    jti = request_id.removeprefix(VEND_REQUEST_PREFIX)
+    return jti if jti != request_id and len(jti) == 32 else None

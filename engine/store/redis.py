@@ -52,8 +52,10 @@ from engine.store.records import (
     VendOrder,
     VendReceipt,
     WindowCount,
+    token_of_vend,
 )
 from engine.store.redis_batch import CommandBatcher
+from engine.store.redis_jobs import RedisJobs, token_key
 from engine.timeutil import iso
 
 log = logging.getLogger("engine.store.redis")
@@ -124,7 +126,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisStore:
+class RedisStore(RedisJobs):
     """The `Store` protocol on Redis: `redis://host:port/db`, or a Redis Cluster through any
     of its nodes: `redis+cluster://host:port`."""
 
@@ -168,6 +170,7 @@ class RedisStore:
         self._hit = self._redis.register_script(lua.HIT_WINDOW)
         self._remember = self._redis.register_script(lua.REMEMBER)
         self._release = self._redis.register_script(lua.RELEASE)
+        self._register_job_scripts()
 
     def _call(self, *command: Any) -> Awaitable[Any]:
         """One command: pipelined with the rest of this loop turn's on a single Redis; on a
@@ -312,13 +315,20 @@ class RedisStore:
         user, at = _user(order.user_id), iso(order.now)
         status, entry_id, entry = await self._run(
             self._refund,
-            # `:vends` holds the vends that engines before the current layout recorded.
-            [user + ":bal", user + ":ledger", user + ":vends"],
+            # `:vends` holds the vends that engines before the current layout recorded; the
+            # token's record (jobs) refuses a refund for a token that bought a job.
+            [
+                user + ":bal",
+                user + ":ledger",
+                user + ":vends",
+                token_key(order.user_id, token_of_vend(order.vend_request_id) or "-"),
+            ],
             [
                 order.vend_request_id,
                 order.reason,
                 _entry_fields(order.user_id, order.vend_request_id, order.context, at),
                 at,
+                _ms(order.now),
             ],
         )
         status = _text(status)

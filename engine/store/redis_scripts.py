@@ -118,10 +118,23 @@ return {'granted', receipt}
 """
 )
 
-# KEYS: balance, ledger, vends of earlier engines.  ARGV: vend_request_id, reason, entry
-# fields, at.  Returns {status, entry id, entry as stored}.
+# The job lifecycle: a vend whose token bought a job, or is buying one, is not refundable.
+# KEYS[4] is the token's record (`redis_jobs`), ARGV[5] now in ms.
+_REFUND_GUARD = """
+local held = redis.call('GET', KEYS[4])
+if held then
+  if string.sub(held, 1, 5) == 'used|' then return {'token_used', 0, ''} end
+  if tonumber(string.match(held, '|(%d+)$')) > tonumber(ARGV[5]) then
+    return {'token_in_use', 0, ''}
+  end
+end
+"""
+
+# KEYS: balance, ledger, vends of earlier engines, the vend's token.  ARGV: vend_request_id,
+# reason, entry fields, at, now_ms.  Returns {status, entry id, entry as stored}.
 REFUND = (
     _APPEND
+    + _REFUND_GUARD
     + """
 local field = 'vend:' .. ARGV[1]
 local state = redis.call('HGET', KEYS[1], field)

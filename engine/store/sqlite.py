@@ -20,14 +20,18 @@ from importlib import resources
 from pathlib import Path
 from typing import TypeVar, cast
 
+from engine.store import sqlite_jobs as jobs
 from engine.store import sqlite_ops as ops
 from engine.store.protocol import StoreUnavailable
 from engine.store.records import (
     AuditEntry,
     BalanceView,
+    ConsumeOrder,
     GrantOrder,
     GrantOutcome,
     IdempotencyKey,
+    JobObservation,
+    JobRecord,
     LedgerSnapshot,
     RefundOrder,
     RefundOutcome,
@@ -35,6 +39,7 @@ from engine.store.records import (
     StoredResponse,
     VendOrder,
     WindowCount,
+    token_of_vend,
 )
 from engine.store.sqlite_batch import GroupCommitter
 
@@ -205,7 +210,8 @@ class SQLiteStore:
         return await self._write(lambda conn: ops.grant(conn, order))
 
     async def refund(self, order: RefundOrder) -> RefundOutcome:
-        return await self._write(lambda conn: ops.refund(conn, order))
+        jti = token_of_vend(order.vend_request_id)
+        return await self._write(lambda conn: jobs.refund_unused(conn, order, jti))
 
     async def balance(self, user_id: str) -> BalanceView:
         def read(conn: Connection) -> BalanceView:
@@ -306,7 +312,30 @@ class SQLiteStore:
         def write(conn: Connection) -> int:
             return sum(
                 conn.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,)).rowcount
-                for table in ("responses", "windows", "claims", "cache")
+                for table in ("responses", "windows", "claims", "cache", "jobs")
             )
 
         return await self._write(write)
+
+    # -- the job lifecycle (SQL in sqlite_jobs) ------------------------------------------
+    async def consume_token(self, order: ConsumeOrder) -> str:
+        return await self._write(lambda conn: jobs.consume(conn, order))
+
+    async def accept_job(
+        self, user_id: str, job_id: str, upstream_id: str, body: bytes, now: float
+    ) -> JobRecord | None:
+        return await self._write(
+            lambda conn: jobs.accept(conn, user_id, job_id, upstream_id, body, now)
+        )
+
+    async def release_token(self, user_id: str, job_id: str) -> bool:
+        return await self._write(lambda conn: jobs.release(conn, user_id, job_id))
+
+    async def job(self, user_id: str, job_id: str) -> JobRecord | None:
+        return await self._read(lambda conn: jobs.job(conn, user_id, job_id))
+
+    async def job_owner(self, job_id: str) -> str | None:
+        return await self._read(lambda conn: jobs.job_owner(conn, job_id))
+
+    async def observe_job(self, observation: JobObservation) -> JobRecord | None:
+        return await self._write(lambda conn: jobs.observe(conn, observation))

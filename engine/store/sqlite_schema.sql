@@ -76,3 +76,35 @@ CREATE TABLE IF NOT EXISTS cache (
     value      BLOB NOT NULL,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+
+-- The job lifecycle: one vended token buys one job.  A token's row exists from the moment a
+-- submission consumes it: `in_flight` while upstream is being asked (until `hold_until`),
+-- `used` for good once upstream took the job.  No row = unused.  Kept as long as the ledger,
+-- so that a vend whose token ran a job can never be refunded.
+CREATE TABLE IF NOT EXISTS vend_tokens (
+    jti        TEXT PRIMARY KEY,
+    user_id    TEXT NOT NULL,
+    state      TEXT NOT NULL CHECK (state = 'in_flight' OR state = 'used'),
+    job_id     TEXT NOT NULL,
+    hold_until REAL NOT NULL
+) WITHOUT ROWID;
+
+-- Each job and its last known state; a terminal state (completed with its result, failed
+-- with its error) is written once and answered from here ever after.
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id           TEXT PRIMARY KEY,
+    user_id          TEXT NOT NULL,
+    jti              TEXT NOT NULL,
+    vend_request_id  TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    upstream_id      TEXT NOT NULL DEFAULT '',
+    body             BLOB NOT NULL,
+    change           TEXT NOT NULL DEFAULT '',
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    lost_since       REAL NOT NULL DEFAULT 0,
+    credits_refunded INTEGER NOT NULL DEFAULT 0,
+    expires_at       REAL NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires_at);

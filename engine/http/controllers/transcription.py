@@ -1,4 +1,5 @@
-"""`/ttt/*`: submit a paid transcription and poll it."""
+"""`/ttt/*`: submit a paid transcription and poll it (`status`, or `poll` as the latest app
+calls it)."""
 
 from __future__ import annotations
 
@@ -50,13 +51,22 @@ class TranscriptionController(Controller):
         self, request: AnyRequest, job_id: FromPath[str], services: NamedDependency[Services]
     ) -> ASGIApp:
         """Takes the vended token or the user's own token: polling outlives the 15 minutes."""
-        try:
-            principal = services.tokens.verify_either(bearer_token(request, EITHER_AUTH))
-        except Unauthorized as exc:
-            exc.guidance_text = EITHER_AUTH
-            raise
-        note_user(principal.user_id)
-        reply = await services.transcription.status(principal, job_id)
-        return PreparedJSON(
-            reply.body, reply.status_code, reply.rate.headers() if reply.rate else None
-        )
+        return await _job_status(request, job_id, services)
+
+    @get("/poll/{job_id:str}")
+    async def poll(
+        self, request: AnyRequest, job_id: FromPath[str], services: NamedDependency[Services]
+    ) -> ASGIApp:
+        """The latest app polls here with its long-lived user token: the same as status."""
+        return await _job_status(request, job_id, services)
+
+
+async def _job_status(request: AnyRequest, job_id: str, services: Services) -> ASGIApp:
+    try:
+        principal = services.tokens.verify_either(bearer_token(request, EITHER_AUTH))
+    except Unauthorized as exc:
+        exc.guidance_text = EITHER_AUTH
+        raise
+    note_user(principal.user_id)
+    reply = await services.transcription.status(principal, job_id)
+    return PreparedJSON(reply.body, reply.status_code, reply.rate.headers() if reply.rate else None)
