@@ -14,6 +14,7 @@ files.  `prometheus_client` is imported only here, after that variable is settle
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 from bisect import bisect_left
@@ -246,7 +247,9 @@ class TimedStore:
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._inner, name)
-        if name.startswith("_") or name in {"open", "close"} or not callable(attribute):
+        if name.startswith("_") or name in {"open", "close"}:
+            return attribute
+        if not inspect.iscoroutinefunction(attribute):  # a plain method stays plain
             return attribute
         observe = self._metrics.store_operation
         clock = time.perf_counter
