@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import nox
@@ -104,3 +105,33 @@ def lab(session: nox.Session) -> None:
     """Open the notebooks in JupyterLab."""
     session.install("-e", ".[notebooks]", "-e", "./conformance", "jupyterlab")
     session.run("jupyter", "lab", "notebooks", *session.posargs)
+
+
+TTT_SOURCE = os.environ.get("TTT_SOURCE", "/work/.mirror/iamalbertly+TTTranscribe/repo")
+TTT_DIR = Path(os.environ.get("TTT_DIR") or Path(tempfile.gettempdir(), "pluct-tttranscribe"))
+
+
+@nox.session(name="upstream-real")
+def upstream_real(session: nox.Session) -> None:
+    """The app's journey against a real TTTranscribe built from its public source, offline.
+
+    Its source is cloned outside this repo (`TTT_SOURCE`, a git URL or directory, into
+    `TTT_DIR`), its npm dependencies installed and its TypeScript built; then
+    `tools/upstream_real.py` runs it and the engine in a network namespace with only loopback.
+    Skipped, with the reason, where git, node, npm, unshare or the source are missing.
+    """
+    for tool in ("git", "node", "npm", "unshare", "ip"):
+        if not shutil.which(tool):
+            session.skip(f"`{tool}` is not installed; the real TTTranscribe cannot run here")
+    if not (TTT_DIR / ".git").exists():
+        if not (TTT_SOURCE.startswith(("http", "git@")) or Path(TTT_SOURCE).exists()):
+            session.skip(f"no TTTranscribe source at {TTT_SOURCE} (set TTT_SOURCE)")
+        session.run("git", "clone", "--quiet", TTT_SOURCE, str(TTT_DIR), external=True)
+    try:
+        with session.chdir(TTT_DIR):
+            session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
+            session.run("npx", "--no-install", "tsc", "-p", ".", external=True)
+    except nox.command.CommandFailed:
+        session.skip("TTTranscribe's npm dependencies could not be installed or built")
+    session.install("-e", ".")
+    session.run("python", "tools/upstream_real.py", "--ttt-dir", str(TTT_DIR), *session.posargs)

@@ -205,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8788)
+    sim.add_argument("--webhook-url", default="", help="send signed job webhooks here")
     return parser
 
 
@@ -302,7 +303,7 @@ def _simulator(args: argparse.Namespace) -> int:
     if not secret:
         print("pluct-engine: set TTT_SHARED_SECRET for the simulator", file=sys.stderr)
         return 2
-    run_simulator(args.host, args.port, secret)
+    run_simulator(args.host, args.port, secret, args.webhook_url)
     return 0
 
 

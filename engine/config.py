@@ -66,6 +66,25 @@ def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
     raise ConfigError(f"{name} must be on or off (1/0, true/false), got {raw!r}")
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds; fractions allowed (tests probe every 0.2 s)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {raw}")
+    return value
+
+
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """`CORS_ORIGINS`: a comma list of origins (`*` for any); empty means no CORS."""
+    return tuple(o.strip().rstrip("/") for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+
+
 def generate_missing_secrets(env: Mapping[str, str]) -> dict[str, str]:
     """Dev mode: invent each secret that no alias provides.
 
@@ -122,6 +141,8 @@ class Settings:
     refund_failed_jobs: bool = True
     job_lost_grace_seconds: float = 600.0
     webhook_secret: str = ""  # empty: the upstream secret (TTT_SHARED_SECRET)
+    ttt_probe_interval_seconds: float = 10.0
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -173,6 +194,8 @@ class Settings:
             refund_failed_jobs=_flag(env, "REFUND_FAILED_JOBS", default=True),
             job_lost_grace_seconds=float(_int(env, "JOB_LOST_GRACE_SECONDS", 600)),
             webhook_secret=env.get("TTT_WEBHOOK_SECRET", "").strip(),
+            ttt_probe_interval_seconds=_seconds(env, "TTT_PROBE_INTERVAL_SECONDS", 10.0),
+            cors_origins=_origins(env),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -165,3 +165,22 @@ class UpstreamTimeout(EngineError):
     code = "upstream_timeout"
     message = "TTTranscribe did not answer in time"
     guidance = "Please try again shortly"
+
+
+class UpstreamUnavailable(ServiceUnavailable):
+    """TTTranscribe said it cannot take work now (its readiness gate, a 503).
+
+    An `EngineError` like every upstream failure, so the transcription service releases the
+    token's claim and the paid credit stays usable for a retry after `Retry-After`.
+    """
+
+    code = "upstream_unavailable"
+    message = "TTTranscribe is not ready to take work"
+    guidance = "Your credit is kept; retry after the time in Retry-After"
+
+
+class UnprocessableUrl(InvalidUrl):
+    """`/meta` refuses a missing or non-TikTok URL with 422, as the original Worker does (its
+    own CLI checks for that status); `/ttt/transcribe` keeps 400 for the same input."""
+
+    status_code = 422

@@ -85,7 +85,7 @@ class Services:
             ttt=ttt,
             transcription=transcription,
             metadata=MetadataService(store, fetcher, clock),
-            monitor=UpstreamMonitor(ttt),
+            monitor=UpstreamMonitor(ttt, settings.ttt_probe_interval_seconds),
             fetcher=fetcher,
             webhooks=WebhookService(store, transcription, ttt, settings, clock),
             clock=clock,

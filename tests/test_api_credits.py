@@ -256,7 +256,7 @@ def test_refused_meta_urls_do_not_use_up_the_rate_limit(
         refused = [
             client.get("/meta", params={"url": f"https://example.com/{i}"}) for i in range(5)
         ]
-    assert {(r.status_code, r.json()["code"]) for r in refused} == {(400, "invalid_url")}
+    assert {(r.status_code, r.json()["code"]) for r in refused} == {(422, "invalid_url")}
 
 
 async def test_store_down_is_503_with_nothing_written(spec_recorder: SpecRecorder) -> None:

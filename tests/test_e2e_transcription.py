@@ -243,7 +243,7 @@ def test_ssrf_attempts_are_refused_without_any_outbound_request(
     service = vend(engine, "gil")
     meta = engine.client.get("/meta", params={"url": url})
     transcribe = engine.client.post("/ttt/transcribe", json={"url": url}, headers=service)
-    assert (meta.status_code, transcribe.status_code) == (400, 400)
+    assert (meta.status_code, transcribe.status_code) == (422, 400)  # as the original Worker
     stats = engine.simulator.app.stats
     assert stats.meta_fetches == 0 and stats.transcribe_calls == 0
 

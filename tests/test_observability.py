@@ -129,7 +129,7 @@ def test_no_raw_user_text_reaches_a_log_line() -> None:
     engine_lines = [line for line in lines if " engine." in line]
     assert len(engine_lines) >= 5
     for line in engine_lines:
-        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO engine\.access ", line)
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ engine\.", line), line
     assert not any("INJECTED" in line for line in lines)
     assert any("/v1/credits/balance 200" in line and 'user_id="carol"' in line for line in lines)
     assert any(" unmatched 404 " in line for line in lines)
@@ -273,3 +273,14 @@ def test_metrics_port_serves_every_worker_on_loopback() -> None:
             )
 
         wait_for(served, "the request on the metrics port")
+
+
+@pytest.mark.server
+def test_a_head_request_is_logged_as_head_on_its_route(json_engine: LocalEngine) -> None:
+    response = json_engine.client.head("/health", headers={"X-Request-Id": "head-probe-1"})
+    assert response.status_code == 200 and response.headers["x-request-id"] == "head-probe-1"
+    wait_for(
+        lambda: "head-probe-1" in {e["requestId"] for e in access_entries(json_engine)}, "line"
+    )
+    line = next(e for e in access_entries(json_engine) if e["requestId"] == "head-probe-1")
+    assert (line["method"], line["route"], line["status"]) == ("HEAD", "/health", 200)

@@ -14,6 +14,7 @@ from engine.errors import EngineError, InvalidUrl
 from engine.upstream.breaker import BreakerState, CircuitBreaker
 from engine.upstream.client import TTTClient
 from engine.upstream.fetcher import PageFetcher
+from engine.upstream.monitor import UpstreamMonitor
 
 BASE = "http://ttt.test"
 
@@ -107,7 +108,7 @@ async def test_submit_sends_auth_agent_and_request_id_once() -> None:
         (httpx.Response(400, json={"error": "invalid_url"}), 400, "upstream_client_error"),
         (httpx.Response(429, json={"error": "rate_limited"}), 429, "upstream_client_error"),
         (httpx.Response(500, json={"error": "processing_failed"}), 502, "upstream_error"),
-        (httpx.Response(503, text="<html>down</html>"), 502, "upstream_error"),
+        (httpx.Response(503, text="<html>down</html>"), 503, "upstream_unavailable"),
         (httpx.Response(202, text="{not json"), 502, "upstream_bad_response"),
         (httpx.Response(202, json={"status": "queued"}), 502, "upstream_bad_response"),
         (httpx.Response(202, json=[1, 2]), 502, "upstream_bad_response"),
@@ -122,6 +123,36 @@ async def test_submit_maps_upstream_answers(
         await _client().submit("https://www.tiktok.com/@u/video/1", "r")
     assert (caught.value.status_code, caught.value.error_code) == (status, code)
     assert route.call_count == 1  # never retried
+
+
+NOT_READY = {
+    "error": "service_unavailable",
+    "message": "TTTranscribe is not ready yet",
+    "details": {"reason": "missing secrets", "missing": ["HF_API_KEY"]},
+}
+
+
+@pytest.mark.parametrize(
+    ("headers", "retry_after"),
+    [({}, "30"), ({"Retry-After": "7"}, "7"), ({"Retry-After": "x"}, "30")],
+)
+@respx.mock
+async def test_readiness_503_is_upstream_unavailable_counted_once(
+    headers: dict[str, str], retry_after: str
+) -> None:
+    respx.post(f"{BASE}/transcribe").mock(
+        return_value=httpx.Response(503, json=NOT_READY, headers=headers)
+    )
+    client = _client()
+    with pytest.raises(EngineError) as caught:
+        await client.submit("https://www.tiktok.com/@u/video/1", "r")
+    error = caught.value
+    assert (error.status_code, error.error_code) == (503, "upstream_unavailable")
+    assert error.headers["Retry-After"] == retry_after
+    assert error.details["reason"] == "missing secrets"
+    assert error.details["missing"] == ["HF_API_KEY"]
+    snap = client.breaker.snapshot()
+    assert (snap.calls_seen, snap.consecutive_failures) == (1, 1)
 
 
 @respx.mock
@@ -256,3 +287,57 @@ def test_page_parsing_gives_integers_and_strings() -> None:
     )
     empty = parse_page("", "https://vm.tiktok.com/X/", "https://vm.tiktok.com/X/")
     assert (empty.title, empty.duration, empty.handle) == ("TikTok video", 0, "")
+
+
+@respx.mock
+async def test_readiness_falls_back_to_health_where_ready_is_404() -> None:
+    respx.get(f"{BASE}/ready").mock(return_value=httpx.Response(404, text="404 Not Found"))
+    health = respx.get(f"{BASE}/health").mock(return_value=httpx.Response(200, json={}))
+    ready = await _client().readiness()
+    assert (ready.ok, ready.endpoint, ready.status_code) == (True, "/health", 200)
+    assert "x-engine-auth" not in health.calls.last.request.headers  # public routes
+
+
+@respx.mock
+async def test_readiness_reports_why_not() -> None:
+    body = {"ready": False, "reason": "Missing required secrets", "missing": ["HF_API_KEY"]}
+    respx.get(f"{BASE}/ready").mock(return_value=httpx.Response(503, json=body))
+    ready = await _client().readiness()
+    assert (ready.ok, ready.status_code) == (False, 503)
+    assert ready.reason == "Missing required secrets (missing: HF_API_KEY)"
+    respx.get(f"{BASE}/ready").mock(side_effect=httpx.ConnectError("refused"))
+    assert (await _client().readiness()).reason == "unreachable: ConnectError"
+
+
+@respx.mock
+async def test_monitor_verdict_recovers_after_failures_and_an_open_breaker() -> None:
+    clock = FakeClock()
+    client = _client(clock, failure_threshold=2, cooldown_seconds=10)
+    monitor = UpstreamMonitor(client, 0.1)
+    assert monitor.view().status == "unknown"
+    ready = respx.get(f"{BASE}/ready").mock(return_value=httpx.Response(200, json={}))
+    await monitor.probe_once()
+    assert monitor.view().status == "healthy"
+    status = respx.get(f"{BASE}/status/j").mock(return_value=httpx.Response(500))
+    clock.now += 1
+    with pytest.raises(EngineError):
+        await client.status("j")
+    assert monitor.view().status == "degraded"  # a real call failed after the good probe
+    clock.now += 1
+    await monitor.probe_once()
+    assert monitor.view().status == "healthy"  # the bug: it stayed degraded for good
+    with pytest.raises(EngineError):
+        await client.status("j")
+    with pytest.raises(EngineError):
+        await client.status("j")
+    assert monitor.view().status == "unhealthy"  # open
+    await monitor.probe_once()
+    assert monitor.view().status == "unhealthy"  # a good probe does not cut the cool-down
+    clock.now += 10
+    await monitor.probe_once()  # nobody calls while we say degraded: the probe closes it
+    view = monitor.view()
+    assert (view.status, view.breaker.state) == ("healthy", BreakerState.CLOSED)
+    ready.mock(return_value=httpx.Response(503, json={"ready": False, "reason": "r"}))
+    await monitor.probe_once()
+    assert (monitor.view().status, monitor.view().reason) == ("degraded", "r")
+    assert status.call_count == 2  # the third call was refused by the open breaker

@@ -31,8 +31,10 @@ from engine.http.controllers.spec import openapi_spec
 from engine.http.controllers.transcription import TranscriptionController
 from engine.http.controllers.vend import VendController
 from engine.http.controllers.webhooks import WebhooksController
+from engine.http.cors import cors_config, drop_unlisted_origins
 from engine.http.dependencies import provide_services
 from engine.http.errors import handle_exception
+from engine.http.head import head_as_get
 from engine.observability.access import Observed
 from engine.observability.logs import AccessLog, configure_logging
 from engine.observability.metrics import Metrics, TimedStore, observe_upstream
@@ -76,12 +78,14 @@ def create_app(
         if owns_store:
             await services.store.open()
         purger = asyncio.create_task(_purge_forever(services))
+        prober = asyncio.create_task(services.monitor.run())
         try:
             yield
         finally:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            for task in (purger, prober):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await services.aclose()
             if owns_store:
                 await services.store.close()
@@ -107,8 +111,11 @@ def create_app(
         openapi_config=None,
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
+        cors_config=cors_config(settings),
     )
-    # Outside everything Litestar does, so every answer (404s and 500s too) is logged once.
+    # Both act before routing, so they wrap the root handler (CORS middleware included).
+    app.asgi_handler = head_as_get(drop_unlisted_origins(app.asgi_handler, app.cors_config))
+    # Outside everything else, so every answer (404s, 500s, CORS refusals) is logged once.
     access_log = AccessLog(settings.log_format == "json") if settings.access_log else None
     app.asgi_handler = Observed(app.asgi_handler, access_log, metrics)
     return app

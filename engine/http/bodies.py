@@ -141,10 +141,23 @@ class HealthResponse(Body, kw_only=True):
     connectivity: Connectivity
 
 
+class UpstreamProbe(Body, kw_only=True):
+    """The last readiness probe of TTTranscribe (`/ready`, else `/health`)."""
+
+    ok: bool
+    endpoint: str
+    checked_at: str
+    latency_ms: float
+    status_code: int | UnsetType = UNSET
+    reason: str | UnsetType = UNSET
+
+
 class UpstreamHealth(Body, kw_only=True):
     status: str
     response_time: float
     consecutive_failures: int
+    reason: str | UnsetType = UNSET
+    last_probe: UpstreamProbe | UnsetType = UNSET
 
 
 class BreakerHealth(Body, kw_only=True):
@@ -164,3 +177,4 @@ class ServiceHealthResponse(Body, kw_only=True):
     ttt: UpstreamHealth
     circuit_breaker: BreakerHealth
     connectivity: ServiceConnectivity
+    probe_interval_seconds: float

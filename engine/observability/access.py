@@ -33,6 +33,7 @@ class Observed:
             await self._app(scope, receive, send)
             return
         started = time.perf_counter()
+        method: str = scope["method"]  # type: ignore[typeddict-item]  # an http scope
         incoming = None
         for name, value in scope["headers"]:  # ASGI header names are lowercase
             if name == b"x-request-id":
@@ -54,7 +55,6 @@ class Observed:
         finally:
             seconds = time.perf_counter() - started
             route = scope.get("path_template") or UNMATCHED
-            method: str = scope["method"]  # type: ignore[typeddict-item]  # an http scope
             if self._log is not None:
                 self._log.write(
                     self._log.line(

@@ -37,6 +37,7 @@ class BreakerSnapshot:
     retry_after_seconds: int
     last_latency_ms: float
     calls_seen: int
+    last_failure_at: float = 0.0  # the breaker's clock; 0 when no call ever failed
 
 
 class CircuitBreaker:
@@ -65,6 +66,11 @@ class CircuitBreaker:
         self._probe_successes = 0
         self._last_latency_ms = 0.0
         self._calls_seen = 0
+        self._last_failure_at = 0.0
+
+    def now(self) -> float:
+        """The breaker's clock, so others can compare times with `last_failure_at`."""
+        return self._clock()
 
     def _retry_after(self) -> int:
         return max(1, math.ceil(self._opened_at + self._cooldown - self._clock()))
@@ -97,6 +103,8 @@ class CircuitBreaker:
         self._last_latency_ms = latency_ms
         self._outcomes.append(success)
         self._consecutive_failures = 0 if success else self._consecutive_failures + 1
+        if not success:
+            self._last_failure_at = self._clock()
         if self._state is BreakerState.HALF_OPEN:
             self._probes_in_flight = max(0, self._probes_in_flight - 1)
             if not success:
@@ -112,6 +120,22 @@ class CircuitBreaker:
             or (len(self._outcomes) >= self._min_calls and self.failure_rate() >= 0.5)
         ):
             self._open()
+
+    def close_after_cooldown(self) -> None:
+        """A good health probe once the cool-down is over closes the breaker.
+
+        Half-open waits for real calls to succeed, but while health says `degraded` the mobile
+        app sends none; the upstream's own readiness is the evidence instead.  Before the
+        cool-down the breaker stays open: `/ready` can be fine while `/transcribe` fails.
+        """
+        cooled = self._state is BreakerState.OPEN and (
+            self._clock() - self._opened_at >= self._cooldown
+        )
+        if cooled or self._state is BreakerState.HALF_OPEN:
+            self._state = BreakerState.CLOSED
+            self._consecutive_failures = 0
+            self._probes_in_flight = 0
+            self._outcomes.clear()
 
     def _open(self) -> None:
         self._state = BreakerState.OPEN
@@ -133,4 +157,5 @@ class CircuitBreaker:
             retry_after_seconds=self._retry_after() if state is BreakerState.OPEN else 0,
             last_latency_ms=round(self._last_latency_ms, 3),
             calls_seen=self._calls_seen,
+            last_failure_at=self._last_failure_at,
         )

@@ -17,12 +17,20 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from engine.errors import EngineError, NotFound, UpstreamError, UpstreamTimeout
+from engine.errors import (
+    EngineError,
+    NotFound,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from engine.upstream.breaker import CircuitBreaker
 from engine.version import __version__
 
 USER_AGENT = f"pluct-engine/{__version__}"
 _PREVIEW = 500
+DEFAULT_RETRY_AFTER_SECONDS = 30
+_MAX_RETRY_AFTER_SECONDS = 3600
 
 
 class UpstreamClientError(EngineError):
@@ -49,6 +57,29 @@ def _json_object(response: httpx.Response) -> dict[str, Any] | None:
     except msgspec.DecodeError:
         return None
     return body if isinstance(body, dict) else None
+
+
+def _not_ready(response: httpx.Response) -> UpstreamUnavailable:
+    """A 503: upstream's readiness gate (§9) or a proxy in front of a sleeping Space.
+
+    Its `Retry-After` is passed on when it is a plain number of seconds (bounded), else 30 s;
+    its `reason` and `missing` are quoted so the client can tell a misconfigured upstream.
+    """
+    raw = response.headers.get("retry-after", "").strip()
+    retry = int(raw) if raw.isdigit() else DEFAULT_RETRY_AFTER_SECONDS
+    retry = min(max(retry, 1), _MAX_RETRY_AFTER_SECONDS)
+    details: dict[str, Any] = {"upstreamStatus": response.status_code}
+    body = _json_object(response)
+    inner = body.get("details") if body else None
+    if isinstance(inner, dict):
+        details.update({k: inner[k] for k in ("reason", "missing") if k in inner})
+    elif body is None:
+        details["upstreamResponse"] = response.text[:_PREVIEW]
+    return UpstreamUnavailable(
+        details=details,
+        headers={"Retry-After": str(retry)},
+        extra={"retryAfterSeconds": retry},
+    )
 
 
 def _bad_body(response: httpx.Response) -> UpstreamError:
@@ -93,7 +124,8 @@ class TTTClient:
         """One upstream exchange; a 2xx comes back with its JSON object body (None if bad).
 
         The breaker counts 5xx, unusable 2xx bodies, timeouts and transport errors as failures;
-        a 4xx is the upstream working as designed.
+        a 4xx is the upstream working as designed.  A readiness 503 is one failure, counted
+        here once; the health probe (`readiness`) never reports to the breaker.
         """
         self.breaker.before_call()
         headers = {"X-Engine-Auth": self._secret, "User-Agent": USER_AGENT}
@@ -120,6 +152,8 @@ class TTTClient:
 
     @staticmethod
     def _check(response: httpx.Response) -> None:
+        if response.status_code == 503:
+            raise _not_ready(response)
         if response.status_code >= 500:
             raise UpstreamError(
                 details={
@@ -165,13 +199,54 @@ class TTTClient:
             raise _bad_body(response)
         return UpstreamReply(response.status_code, body)
 
-    async def probe(self, timeout: float = 2.0) -> bool:
-        """Unauthenticated `GET /health`; not counted by the breaker."""
+    async def readiness(self, timeout: float = 3.0) -> Readiness:
+        """`GET /ready` (latest upstream), falling back to `GET /health` where it is a 404.
+
+        Both are public upstream, so the secret is not sent.  Not counted by the breaker: the
+        monitor reports what it saw, real calls are what trip the breaker.
+        """
+        started = time.perf_counter()
+        endpoint = "/ready"
+
+        def outcome(ok: bool, status: int | None, reason: str) -> Readiness:
+            latency = round((time.perf_counter() - started) * 1000, 3)
+            return Readiness(ok, endpoint, status, reason, latency)
+
         try:
             async with asyncio.timeout(timeout):
-                response = await self._http.get(
-                    self.base_url + "/health", headers={"User-Agent": USER_AGENT}
-                )
-        except (TimeoutError, httpx.HTTPError):
-            return False
-        return response.is_success
+                response = await self._get_public(endpoint)
+                if response.status_code == 404:
+                    endpoint = "/health"
+                    response = await self._get_public(endpoint)
+        except TimeoutError:
+            return outcome(False, None, f"no answer within {timeout:g} s")
+        except httpx.HTTPError as exc:
+            return outcome(False, None, f"unreachable: {type(exc).__name__}")
+        if response.is_success:
+            return outcome(True, response.status_code, "")
+        return outcome(False, response.status_code, _not_ready_reason(response))
+
+    async def _get_public(self, path: str) -> httpx.Response:
+        return await self._http.get(self.base_url + path, headers={"User-Agent": USER_AGENT})
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """One probe's outcome; `reason` says why not ready, in words a person can act on."""
+
+    ok: bool
+    endpoint: str
+    status_code: int | None
+    reason: str
+    latency_ms: float
+
+
+def _not_ready_reason(response: httpx.Response) -> str:
+    """`/ready`'s 503 body says `{ready:false, reason, missing}`; anything else is its status."""
+    body = _json_object(response)
+    reason = body.get("reason") if body else None
+    missing = body.get("missing") if body else None
+    text = reason if isinstance(reason, str) and reason else f"HTTP {response.status_code}"
+    if isinstance(missing, list) and missing:
+        text += " (missing: " + ", ".join(str(m) for m in missing[:10]) + ")"
+    return text[:_PREVIEW]

@@ -7,12 +7,23 @@ Contract (see the upstream reference): `POST /transcribe` → 202 with `id`, `re
 401 without `X-Engine-Auth`; plain-text 404 for unknown routes.  Progress advances one phase
 per poll, so tests are deterministic without waiting on a clock.
 
-Control routes (authenticated like the rest): `POST /__faults` sets faults, `DELETE /__faults`
-clears them, `POST /__restart` forgets every job, `GET /__stats` counts what was received.
+Like the latest upstream it has a readiness gate: with the fault `{"notReady": true}`,
+`GET /ready` answers 503 `{ready:false, reason, missing}` and `POST /transcribe` 503
+`service_unavailable` (§9, §6); `/ready` is public like `/health`.  Jobs submitted with a
+`requestId` send one signed webhook at their terminal state (§8, `sim_webhooks.py`) when a
+target is set (`--webhook-url` or `POST /__webhook {"url": ...}`).  A job whose URL contains
+`/@fail` fails at its third poll, or `settle_seconds` (2 s) after submission if no poll came
+first; with a webhook target, other jobs complete after the same time without polls, so
+webhooks fire for clients that never poll.  With `{"cacheHits": true}` a URL that completed
+before is answered by a job already completed (`cacheHit: true`, webhook at submission).
+
+Control routes (authenticated like the rest): `POST /__faults` sets faults (camelCase or
+snake_case keys), `DELETE /__faults` clears them, `POST /__restart` forgets every job,
+`POST /__webhook` sets the webhook target, `GET /__stats` counts what was received (jobs
+created, webhooks sent, delivered and failed).
 
 It also serves TikTok-like pages at `/{host}/{path}` for the metadata fetcher in dev mode and
-tests: `@huge` is oversized, `@slow` hangs, `@missing` is 404, `@broken` is 500, and the short
-links `vm.tiktok.com/EVIL` and `/LOOP` redirect out of the allow-list and in a circle.
+tests (`sim_tiktok.py`).
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ import msgspec
 import uvicorn
 
 from engine.timeutil import iso
+from engine.upstream.sim_tiktok import tiktok_page
+from engine.upstream.sim_webhooks import WebhookSender, usage_of, webhook_payload
 
 Scope = dict[str, Any]
 _VIDEO = re.compile(r"^https?://(www\.)?tiktok\.com/@[\w.-]+/video/\d+")
@@ -43,6 +56,13 @@ _PHASES = (
     ("completed", 100, "completed"),
 )
 TRANSCRIPT = "this is a simulated transcription of a tiktok video about credits"
+_FAILURE = "Transcription error: simulated failure"
+_NOT_READY = {"reason": "Missing required secrets", "missing": ["HF_API_KEY"]}
+
+
+def _cache_key(url: str) -> str:
+    """The upstream caches by URL without query and fragment (§3.4)."""
+    return url.split("#", 1)[0].split("?", 1)[0]
 
 
 @dataclass
@@ -55,6 +75,9 @@ class Faults:
     malformed: bool = False
     reset: bool = False
     rate_limited: bool = False
+    not_ready: bool = False  # the readiness gate: /ready and POST /transcribe answer 503
+    retry_after: int = 0  # a Retry-After on the not-ready 503 (the real upstream sends none)
+    cache_hits: bool = False  # a URL that completed before comes back completed at once
     routes: str = "all"  # "transcribe", "status" or "all"
 
 
@@ -65,6 +88,9 @@ class Stats:
     status_calls: int = 0
     meta_fetches: int = 0
     unauthorized: int = 0
+    webhooks_sent: int = 0
+    webhooks_delivered: int = 0
+    webhooks_failed: list[dict[str, str]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     last_headers: dict[str, str] = field(default_factory=dict)
 
@@ -76,18 +102,28 @@ class Job:
     submitted_at: str
     polls: int = 0
     fails: bool = False
+    request_id: str = ""
+    terminal: str = ""  # "completed" or "failed" once settled
+    completed_at: str = ""
+    cache_hit: bool = False
 
 
 class Simulator:
     """The ASGI app; one instance holds the jobs, faults and counters."""
 
-    def __init__(self, secret: str, seed: int = 0) -> None:
+    def __init__(
+        self, secret: str, seed: int = 0, webhook_url: str = "", settle_seconds: float = 2.0
+    ) -> None:
         self.secret = secret
         self.jobs: dict[str, Job] = {}
         self.faults = Faults()
         self.stats = Stats()
         self._random = random.Random(seed)
         self.base_url = ""
+        self.webhooks = WebhookSender(secret, webhook_url)
+        self.settle_seconds = settle_seconds
+        self._cache: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- ASGI plumbing -------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -130,8 +166,13 @@ class Simulator:
         self.stats.paths.append(f"{method} {path}")
         if path == "/health" and method == "GET":
             return 200, {"status": "healthy", "service": "tttranscribe", "version": "sim"}, {}
+        if path == "/ready" and method == "GET":
+            if self.faults.not_ready:
+                return 503, {"ready": False, **_NOT_READY}, {}
+            return 200, {"ready": True, "checkedAt": int(time.time() * 1000)}, {}
         if path.split("/")[1:2] and path.split("/")[1].endswith("tiktok.com") and method == "GET":
-            return await self._page(path)
+            self.stats.meta_fetches += 1
+            return await tiktok_page(path)
         if not self._authorised(headers):
             self.stats.unauthorized += 1
             return (
@@ -149,6 +190,8 @@ class Simulator:
         if path == "/__restart" and method == "POST":
             self.jobs.clear()
             return 200, {"restarted": True}, {}
+        if path == "/__webhook" and method == "POST":
+            return self._set_webhook(body)
         if path == "/__stats" and method == "GET":
             return 200, asdict(self.stats), {}
         if path == "/transcribe" and method == "POST":
@@ -164,10 +207,28 @@ class Simulator:
             self.faults = Faults()
         elif method == "POST":
             try:
-                self.faults = msgspec.json.decode(body, type=Faults)
+                raw = msgspec.json.decode(body)
+                if not isinstance(raw, dict):
+                    raise msgspec.ValidationError("expected a JSON object")
+                snake = {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): v for k, v in raw.items()}
+                self.faults = msgspec.convert(snake, type=Faults)
             except msgspec.MsgspecError as exc:
                 return 400, {"error": "invalid_request", "message": str(exc)}, {}
         return 200, asdict(self.faults), {}
+
+    def _set_webhook(self, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        try:
+            raw = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raw = None
+        raw = raw if isinstance(raw, dict) else {}
+        url, secret = raw.get("url"), raw.get("secret")
+        if not isinstance(url, str | None) or not isinstance(secret, str | None):
+            return 400, {"error": "invalid_request", "message": "url and secret are strings"}, {}
+        self.webhooks.url = url or ""
+        if secret:  # the upstream's BUSINESS_ENGINE_WEBHOOK_SECRET; else the shared secret
+            self.webhooks.secret = secret
+        return 200, {"url": self.webhooks.url}, {}
 
     async def _faulty(self, route: str) -> tuple[int, Any, dict[str, str]] | None:
         faults = self.faults
@@ -223,6 +284,17 @@ class Simulator:
                 },
                 {},
             )
+        if self.faults.not_ready:
+            retry = {"retry-after": str(self.faults.retry_after)} if self.faults.retry_after else {}
+            return (
+                503,
+                {
+                    "error": "service_unavailable",
+                    "message": "TTTranscribe is not ready yet",
+                    "details": _NOT_READY,
+                },
+                retry,
+            )
         url = request.get("url") if isinstance(request, dict) else None
         if not isinstance(url, str) or not (_VIDEO.match(url.strip()) or _SHORT.match(url.strip())):
             return (
@@ -238,9 +310,21 @@ class Simulator:
                 {},
             )
         url = url.strip()
-        job = Job(str(uuid.uuid4()), url, iso(time.time()), fails="/@fail" in url)
+        request_id = request.get("requestId")
+        job = Job(
+            str(uuid.uuid4()),
+            url,
+            iso(time.time()),
+            fails="/@fail" in url,
+            request_id=request_id if isinstance(request_id, str) else "",
+        )
         self.jobs[job.id] = job
         self.stats.jobs_created += 1
+        if self.faults.cache_hits and _cache_key(url) in self._cache:
+            job.cache_hit = True
+            self._finish(job, "completed")
+        elif self.settle_seconds > 0:
+            asyncio.get_running_loop().call_later(self.settle_seconds, self._settle, job.id)
         return (
             202,
             {
@@ -268,8 +352,15 @@ class Simulator:
                 },
                 {},
             )
-        job.polls += 1
-        status, progress, step = _PHASES[min(job.polls, len(_PHASES)) - 1]
+        if not job.terminal:
+            job.polls += 1
+            if job.fails and job.polls >= 3:
+                self._finish(job, "failed")
+            elif job.polls >= len(_PHASES):
+                self._finish(job, "completed")
+        status, progress, step = (
+            _PHASES[-1] if job.terminal else _PHASES[min(job.polls, len(_PHASES)) - 1]
+        )
         body: dict[str, Any] = {
             "id": job.id,
             "status": status,
@@ -277,14 +368,13 @@ class Simulator:
             "submittedAt": job.submitted_at,
             "currentStep": step,
         }
-        if job.fails and job.polls >= 3:
-            error = "Transcription error: simulated failure"
+        if job.terminal == "failed":
             body.update(
-                status="failed", progress=0, currentStep="failed", error=error, message=error
+                status="failed", progress=0, currentStep="failed", error=_FAILURE, message=_FAILURE
             )
-        elif status == "completed":
+        elif job.terminal == "completed":
             body.update(
-                completedAt=iso(time.time()),
+                completedAt=job.completed_at,
                 result={
                     "transcription": TRANSCRIPT,
                     "confidence": 0.95,
@@ -301,46 +391,55 @@ class Simulator:
                     "author": "unknown",
                     "description": "Transcribed TikTok video",
                 },
-                cacheHit=False,
+                cacheHit=job.cache_hit,
             )
         body.update(
             statusUrl=f"{self.base_url}/status/{job.id}", pollIntervalSeconds=3, request_id=job.id
         )
         return 200, body, {}
 
-    # -- TikTok stand-in -----------------------------------------------------------------
-    async def _page(self, path: str) -> tuple[int, Any, dict[str, str]]:
-        self.stats.meta_fetches += 1
-        host, _, rest = path[1:].partition("/")
-        html = {"content-type": "text/html; charset=utf-8"}
-        if host in ("vm.tiktok.com", "vt.tiktok.com"):
-            code = rest.strip("/")
-            if code == "EVIL":
-                return 302, b"", {"location": "http://127.0.0.1:9/internal"}
-            if code == "LOOP":
-                return 302, b"", {"location": f"https://{host}/LOOP/"}
-            digits = str(int.from_bytes(code.encode()[:6].ljust(6, b"0"), "big"))
-            return 301, b"", {"location": f"https://www.tiktok.com/@sim/video/{digits}"}
-        match = re.match(r"^@([\w.-]+)/video/(\d+)", rest)
-        if not match:
-            return 404, b"not found", html
-        user, video = match.groups()
-        if user == "missing":
-            return 404, b"<html>gone</html>", html
-        if user == "broken":
-            return 500, b"<html>error</html>", html
-        if user == "slow":
-            await asyncio.sleep(3600)
-        if user == "huge":
-            return 200, b"<html>" + b"x" * (3 * 1024 * 1024) + b"</html>", html
-        page = (
-            f"<html><head><title>Video {video} by @{user} | TikTok</title>"
-            f'<meta property="og:title" content="Video {video} by @{user}"/>'
-            f'<meta property="og:description" content="A simulated clip about credits #pluct"/>'
-            f'</head><body><script>{{"author":"{user.title()} Sim","uniqueId":"{user}",'
-            f'"duration":37}}</script></body></html>'
+    def _settle(self, job_id: str) -> None:
+        """The clock ran out before the polls did: a failing job fails, and with a webhook
+        target a job completes, so a client that never polls still gets its webhook."""
+        job = self.jobs.get(job_id)
+        if job is None or job.terminal:
+            return
+        if job.fails:
+            self._finish(job, "failed")
+        elif job.request_id and self.webhooks.url:
+            self._finish(job, "completed")
+
+    def _finish(self, job: Job, status: str) -> None:
+        """The terminal state, reached once per job; its webhook goes out once, from here."""
+        job.terminal = status
+        job.completed_at = iso(time.time())
+        if status == "completed" and not job.cache_hit:
+            self._cache.add(_cache_key(job.url))
+        if not (job.request_id and self.webhooks.url):
+            return
+        failed = status == "failed"
+        payload = webhook_payload(
+            job_id=job.id,
+            request_id=job.request_id,
+            status=status,
+            usage=usage_of(
+                0 if failed else 12.5, 0 if failed else len(TRANSCRIPT), 0 if job.cache_hit else 1
+            ),
+            secret=self.webhooks.secret,
+            error=_FAILURE if failed else None,
+            cache_hit=None if failed else job.cache_hit,
         )
-        return 200, page.encode(), html
+        task = asyncio.get_running_loop().create_task(self._deliver(payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, payload: dict[str, Any]) -> None:
+        self.stats.webhooks_sent += 1
+        error = await self.webhooks.send(payload)
+        if error:
+            self.stats.webhooks_failed.append({"jobId": payload["jobId"], "lastError": error})
+        else:
+            self.stats.webhooks_delivered += 1
 
 
 def _bound_socket(host: str, port: int) -> socket.socket:
@@ -350,9 +449,9 @@ def _bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_simulator(host: str, port: int, secret: str) -> None:
+def run_simulator(host: str, port: int, secret: str, webhook_url: str = "") -> None:
     """Serve in the foreground (`pluct-engine simulator`)."""
-    app = Simulator(secret)
+    app = Simulator(secret, webhook_url=webhook_url)
     app.base_url = f"http://{host}:{port}"
     uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="off")
 

@@ -7,6 +7,7 @@ import time
 from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.types import ASGIApp
+from msgspec import UNSET
 
 from engine.http.bodies import (
     BreakerHealth,
@@ -17,6 +18,7 @@ from engine.http.bodies import (
     ServiceHealthResponse,
     StoreHealth,
     UpstreamHealth,
+    UpstreamProbe,
 )
 from engine.http.responses import json_response
 from engine.services import Services
@@ -56,13 +58,28 @@ class HealthController(Controller):
 
     @get("/services")
     async def services_health(self, services: NamedDependency[Services]) -> ASGIApp:
-        """The shape the mobile app reads: `connectivity.ttt`, else `ttt.status`."""
-        ttt, snap = await services.monitor.verdict()
+        """The shape the mobile app reads: `connectivity.ttt`, else `ttt.status`.
+
+        Read from the background probe and the breaker only: never waits on the upstream.
+        """
+        view = services.monitor.view()
+        snap, probe = view.breaker, view.probe
         body = ServiceHealthResponse(
             ttt=UpstreamHealth(
-                status=ttt,
+                status=view.status,
                 response_time=snap.last_latency_ms,
                 consecutive_failures=snap.consecutive_failures,
+                reason=view.reason or UNSET,
+                last_probe=UNSET
+                if probe is None
+                else UpstreamProbe(
+                    ok=probe.ok,
+                    endpoint=probe.endpoint,
+                    checked_at=iso(probe.checked_at),
+                    latency_ms=probe.latency_ms,
+                    status_code=UNSET if probe.status_code is None else probe.status_code,
+                    reason=probe.reason or UNSET,
+                ),
             ),
             circuit_breaker=BreakerHealth(
                 status=snap.state.value,
@@ -72,6 +89,7 @@ class HealthController(Controller):
                 failure_rate=snap.failure_rate,
                 retry_after_seconds=snap.retry_after_seconds,
             ),
-            connectivity=ServiceConnectivity(ttt=ttt),
+            connectivity=ServiceConnectivity(ttt=view.status),
+            probe_interval_seconds=services.monitor.interval_seconds,
         )
         return json_response(body)
