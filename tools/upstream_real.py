@@ -213,6 +213,11 @@ def happy_path(ttt_dir: Path, journey: Journey) -> None:
         journey.expect(verify.returncode == 0, "ledger verify")
         # The upstream's webhook (§8) went to the engine's /webhooks/tttranscribe: a 2xx or 409
         # leaves its failed queue empty, anything else (a 404 before that route exists) not.
+        markers = ("[webhook] Successfully", "already processed", "[webhook] Failed to deliver")
+        try:  # the webhook goes out as the job fails: wait for its outcome in the log
+            wait_for(lambda: any(m in upstream.log.read_text() for m in markers), "webhook", 15)
+        except TimeoutError:
+            journey.step("upstream webhook", attempted=False)
         queue = httpx.get(upstream.url + "/admin/webhook-queue", headers={"X-Engine-Auth": secret})
         receiver = engine.client.post("/webhooks/tttranscribe", json={})
         has_receiver = receiver.json().get("code") != "route_not_found"

@@ -13,7 +13,7 @@ Like the latest upstream it has a readiness gate: with the fault `{"notReady": t
 `requestId` send one signed webhook at their terminal state (§8, `sim_webhooks.py`) when a
 target is set (`--webhook-url` or `POST /__webhook {"url": ...}`).  A job whose URL contains
 `/@fail` fails at its third poll, or `settle_seconds` (2 s) after submission if no poll came
-first; with a webhook target, other jobs complete after the same time without polls, so
+by then; with a webhook target, other unpolled jobs complete after the same time, so
 webhooks fire for clients that never poll.  With `{"cacheHits": true}` a URL that completed
 before is answered by a job already completed (`cacheHit: true`, webhook at submission).
 
@@ -399,10 +399,11 @@ class Simulator:
         return 200, body, {}
 
     def _settle(self, job_id: str) -> None:
-        """The clock ran out before the polls did: a failing job fails, and with a webhook
-        target a job completes, so a client that never polls still gets its webhook."""
+        """No poll came in time: a failing job fails, and with a webhook target a job
+        completes, so a client that never polls still gets its webhook.  A job that was
+        polled follows its polls alone, so poll-driven tests stay deterministic."""
         job = self.jobs.get(job_id)
-        if job is None or job.terminal:
+        if job is None or job.terminal or job.polls:
             return
         if job.fails:
             self._finish(job, "failed")
