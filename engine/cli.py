@@ -4,7 +4,6 @@ run the upstream simulator."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
@@ -20,7 +19,6 @@ from engine.config import (
     Settings,
     derive_vend_secret,
 )
-from engine.domain.ledger import LedgerReport, verify
 from engine.domain.tokens import TRANSCRIBE_SCOPE, TokenAuthority
 from engine.startup import (
     DEFAULT_DEV_SECRETS,
@@ -31,7 +29,6 @@ from engine.startup import (
     prepare_multiprocess_metrics,
     redacted,
 )
-from engine.store import store_from_url
 
 _SERVE_ENV = f"""\
 environment (flags win over variables):
@@ -195,6 +192,17 @@ def _parser() -> argparse.ArgumentParser:
         "verify", help="check the credit invariants; exit 1 if broken"
     )
     check.add_argument("--store", default=None)
+    check.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    check.add_argument(
+        "--no-progress", action="store_true", help="no progress bar even on a terminal"
+    )
+    fill = ledger_commands.add_parser(
+        "prefill", help="fill a store with realistic history through its own batch path"
+    )
+    fill.add_argument("--store", required=True)
+    fill.add_argument("--entries", type=int, required=True, help="ledger entries to add")
+    fill.add_argument("--users", type=int, default=None, help="default: entries / 20")
+    fill.add_argument("--seed", type=int, default=0)
 
     sim = _sub(
         commands,
@@ -277,23 +285,13 @@ def _mint(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _verify(url: str) -> LedgerReport:
-    store = store_from_url(url)
-    await store.open()
-    try:
-        return verify(await store.snapshot())
-    finally:
-        await store.close()
+def _ledger(args: argparse.Namespace) -> int:
+    from engine import ledger_cli
 
-
-def _ledger_verify(args: argparse.Namespace) -> int:
+    if args.ledger_command == "prefill":
+        return ledger_cli.prefill(args.store, args.entries, args.users, args.seed)
     url = args.store or os.environ.get("ENGINE_STORE_URL") or DEFAULT_STORE_URL
-    report = asyncio.run(_verify(url))
-    for problem in report.problems:
-        print(f"VIOLATION {problem}")
-    verdict = "clean" if report.ok else f"{len(report.problems)} violation(s)"
-    print(f"ledger {verdict}: {report.users} users, {report.entries} entries")
-    return 0 if report.ok else 1
+    return ledger_cli.verify(url, as_json=args.json, progress=not args.no_progress)
 
 
 def _simulator(args: argparse.Namespace) -> int:
@@ -322,7 +320,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "audit":
         return cli_admin.run(cli_admin.audit, args)
     if args.command == "ledger":
-        return _ledger_verify(args)
+        return _ledger(args)
     return _simulator(args)
 
 

@@ -46,3 +46,21 @@ def test_a_round_without_its_ceiling_is_refused(bench: ModuleType) -> None:
     yardsticks = bench._bracketing([100.0, 200.0])
     with pytest.raises(ValueError, match="shorter"):
         bench._ratios(_runs(bench, [50.0, 60.0]), yardsticks)
+
+
+def test_a_vend_run_whose_answers_spent_nothing_is_refused(bench: ModuleType) -> None:
+    """A 200 for a replayed key spends no credit: more than 1 % of them and the run measured
+    replays, not vends."""
+    honest = bench.Result("sqlite", 1, "vend", 100.0, 1.0, 2.0, 1000, {"2xx/3xx": 1000})
+    honest.replay_fraction = 0.004
+    replayed = bench.Result("sqlite", 1, "vend", 100.0, 1.0, 2.0, 1000, {"2xx/3xx": 1000})
+    replayed.replay_fraction = 0.75
+    assert not honest.replays_refused and replayed.replays_refused
+    assert bench._answered({"200": 7, "2xx/3xx": 3, "402": 5}) == 10
+
+
+def test_every_wrk_run_sends_keys_of_its_own(bench: ModuleType, tmp_path: Path) -> None:
+    scenario = bench.Scenario("vend", ["/v1/vend-token"], "POST", ["t1", "t2"], keyed=True)
+    script = bench._lua(scenario, tmp_path).read_text()
+    assert 'prefix = args[1] or "bench"' in script
+    assert """'{"clientRequestId":"' .. prefix .. '-' .. id""" in script

@@ -16,6 +16,8 @@ def store_from_url(url: str) -> Store:
         return SQLiteStore(sqlite_path(url))
     if url.startswith(("redis://", "rediss://", "redis+cluster://", "unix://")):
         from engine.store.redis import RedisStore
+        from engine.store.redis_archive import ArchiveSettings
 
-        return RedisStore(url)
+        # Read here, so that `serve` and `ledger verify` see the same archive.
+        return RedisStore(url, archive=ArchiveSettings.from_env())
     raise ConfigError(f"unsupported store URL {url!r}: use sqlite:///path or redis://host:port/db")

@@ -7,6 +7,7 @@ Python and writes it back.  That is what makes the invariants hold with many wor
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from engine.store.records import (
@@ -17,7 +18,7 @@ from engine.store.records import (
     GrantOutcome,
     JobObservation,
     JobRecord,
-    LedgerSnapshot,
+    LedgerChunk,
     RefundOrder,
     RefundOutcome,
     SpendOutcome,
@@ -63,8 +64,14 @@ class Store(Protocol):
     async def audit(self, user_id: str, limit: int, after_id: int) -> list[AuditEntry]:
         """Entries of one user, oldest first, with ids greater than `after_id`."""
 
-    async def snapshot(self) -> LedgerSnapshot:
-        """All balances and entries at one point, for `ledger verify`."""
+    def read_ledger(self, chunk_size: int = 1000) -> AsyncIterator[LedgerChunk]:
+        """Every user's balance and entries, streamed for `ledger verify` in bounded memory:
+        one user's entries at a time, in id order, as consecutive chunks of at most
+        `chunk_size` entries.  Each user's balance is read at the same point as their entries
+        (SQLite: the whole stream is one read transaction)."""
+
+    async def ledger_size(self) -> int | None:
+        """How many entries the ledger holds, if the backend knows cheaply (progress bars)."""
 
     # -- request bookkeeping -------------------------------------------------------------
     async def hit_window(self, subject: str, window_seconds: int, now: float) -> WindowCount:

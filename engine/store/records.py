@@ -173,10 +173,18 @@ class StoredResponse(msgspec.Struct, frozen=True):
     body: bytes
 
 
-class LedgerSnapshot(msgspec.Struct, frozen=True):
-    """Every balance and every entry, read at one consistent point."""
+class LedgerChunk(msgspec.Struct, frozen=True):
+    """A run of one user's ledger entries, oldest first, with the user's stored balance.
 
-    balances: dict[str, int]
+    `Store.read_ledger` yields every user's entries as consecutive chunks (a user never comes
+    back once another's chunk has started), so a reader holds one user's state at a time and
+    memory stays bounded however long the ledger grows.  `balance` is None for a user without
+    an account (refusals of a user never granted credits); a user with an account and no entry
+    comes as one chunk without entries.
+    """
+
+    user_id: str
+    balance: int | None
     entries: list[AuditEntry]
 
 

@@ -4,7 +4,9 @@ Each domain operation is one Lua script or one single-key command, so it is atom
 server; nothing is read into Python and written back.  Key layout (see the README):
 
     {u:<user>}:bal          hash  balance, updated_at, vend:<requestId> -> vended | refunded
-    {u:<user>}:ledger       list  JSON audit entries, append-only, id = position
+    {u:<user>}:ledger       list  JSON audit entries, append-only, id = position; an entry
+                                  moved to the archive leaves "" (`redis_archive`)
+    {u:<user>}:archived     str   entries before this position are in the archive
     {u:<user>}:idem:<scope>:<key>  string  fingerprint|stored receipt, expires with retention
     resp:<scope>:<key>      hash  remembered response (fingerprint, status, body)
     {u:<subject>}:rl:<window>  int  requests in a fixed window
@@ -34,6 +36,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from engine.store import redis_archive
 from engine.store import redis_scripts as lua
 from engine.store.protocol import StoreUnavailable
 from engine.store.records import (
@@ -44,7 +47,6 @@ from engine.store.records import (
     GrantOutcome,
     GrantReceipt,
     IdempotencyKey,
-    LedgerSnapshot,
     RefundOrder,
     RefundOutcome,
     SpendOutcome,
@@ -55,11 +57,11 @@ from engine.store.records import (
     token_of_vend,
 )
 from engine.store.redis_batch import CommandBatcher
+from engine.store.redis_history import RedisHistory, _entry_at, _text, _user
 from engine.store.redis_jobs import RedisJobs, token_key
 from engine.timeutil import iso
 
 log = logging.getLogger("engine.store.redis")
-_entry = msgspec.json.Decoder(AuditEntry)
 _vend_receipt = msgspec.json.Decoder(VendReceipt)
 _grant_receipt = msgspec.json.Decoder(GrantReceipt)
 _encode = msgspec.json.encode
@@ -71,10 +73,6 @@ REPLY_TIMEOUT_SECONDS = 5.0
 # running a spend twice would charge twice.  The caller gets a 503; its idempotency key is what
 # makes its own retry safe.
 NO_RETRY = Retry(NoBackoff(), 0)
-
-
-def _user(user_id: str) -> str:
-    return "{u:" + user_id + "}"
 
 
 def _idem_key(user_id: str, key: IdempotencyKey | None) -> str:
@@ -110,30 +108,22 @@ def _entry_fields(user_id: str, request_id: str, context: Context, at: str) -> b
     )[1:-1]
 
 
-def _entry_at(position: int, raw: bytes) -> AuditEntry:
-    """A stored entry with its id, which is its 1-based position in the user's list (entries
-    written by earlier engines carry it already)."""
-    if raw.startswith(b'{"id":'):
-        return _entry.decode(raw)
-    return _entry.decode(b'{"id":%d,' % position + raw[1:])
-
-
 def _ms(epoch_seconds: float) -> int:
     return int(epoch_seconds * 1000)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class RedisStore(RedisJobs):
+class RedisStore(RedisJobs, RedisHistory):
     """The `Store` protocol on Redis: `redis://host:port/db`, or a Redis Cluster through any
     of its nodes: `redis+cluster://host:port`."""
 
     backend = "redis"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, archive: redis_archive.ArchiveSettings | None = None) -> None:
+        """`archive`: where and when history leaves RAM (`redis_archive`); None keeps it."""
         self.url = url
+        self._archive_settings = archive
+        self._archive = redis_archive.Archive(archive.path) if archive else None
+        self._archiver: asyncio.Task[None] | None = None
         self._pool: aioredis.BlockingConnectionPool | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._batcher: CommandBatcher | None = None
@@ -166,10 +156,11 @@ class RedisStore(RedisJobs):
         self._spend = self._redis.register_script(lua.SPEND)
         self._grant = self._redis.register_script(lua.GRANT)
         self._refund = self._redis.register_script(lua.REFUND)
-        self._user_snapshot = self._redis.register_script(lua.USER_SNAPSHOT)
+        self._ledger_head = self._redis.register_script(lua.LEDGER_HEAD)
         self._hit = self._redis.register_script(lua.HIT_WINDOW)
         self._remember = self._redis.register_script(lua.REMEMBER)
         self._release = self._redis.register_script(lua.RELEASE)
+        self._tombstones = self._redis.register_script(lua.TOMBSTONE)
         self._register_job_scripts()
 
     def _call(self, *command: Any) -> Awaitable[Any]:
@@ -211,6 +202,8 @@ class RedisStore(RedisJobs):
 
     async def open(self) -> None:
         await self._call("PING")
+        if self._archive_settings is not None and self._archiver is None:
+            self._archiver = asyncio.get_running_loop().create_task(self._archive_forever())
         try:
             config = await self._redis.config_get("appendonly")
         except RedisError:
@@ -222,6 +215,10 @@ class RedisStore(RedisJobs):
             )
 
     async def close(self) -> None:
+        await redis_archive.cancel(self._archiver)
+        self._archiver = None
+        if self._archive is not None:
+            await asyncio.to_thread(self._archive.close)
         if self._batcher is not None:
             await self._batcher.aclose()
         await self._redis.aclose()
@@ -344,25 +341,7 @@ class RedisStore(RedisJobs):
 
     async def audit(self, user_id: str, limit: int, after_id: int) -> list[AuditEntry]:
         raw = await self._call("LRANGE", _user(user_id) + ":ledger", after_id, after_id + limit - 1)
-        return [_entry_at(after_id + offset + 1, item) for offset, item in enumerate(raw)]
-
-    async def snapshot(self) -> LedgerSnapshot:
-        """Per user atomic (balance and ledger in one script); users are read one by one."""
-        balances: dict[str, int] = {}
-        entries: list[AuditEntry] = []
-        users: set[str] = set()
-        async for key in self._redis.scan_iter(match="{u:*}:*", count=1000):
-            name = _text(key)
-            if name.endswith((":bal", ":ledger")):
-                users.add(name[3 : name.rindex("}")])
-        for user_id in sorted(users):
-            user = _user(user_id)
-            balance, raw = await self._run(
-                self._user_snapshot, [user + ":bal", user + ":ledger"], []
-            )
-            balances[user_id] = int(balance)
-            entries.extend(_entry_at(position, item) for position, item in enumerate(raw, 1))
-        return LedgerSnapshot(balances, entries)
+        return await self._entries(user_id, after_id + 1, raw)
 
     # -- request bookkeeping -------------------------------------------------------------
     async def hit_window(self, subject: str, window_seconds: int, now: float) -> WindowCount:

@@ -150,9 +150,24 @@ return {'refunded', id, entry}
 """
 )
 
-# KEYS: balance, ledger.  One user's balance and whole ledger at one instant.
-USER_SNAPSHOT = """
-return {redis.call('HGET', KEYS[1], 'balance') or '0', redis.call('LRANGE', KEYS[2], 0, -1)}
+# KEYS: balance, ledger.  ARGV: page size.  One user's balance ('' without an account), ledger
+# length and first page at one instant; the list is append-only, so the rest of that length
+# reads the same afterwards, page by page (`RedisStore.read_ledger`).
+LEDGER_HEAD = """
+local length = redis.call('LLEN', KEYS[2])
+return {redis.call('HGET', KEYS[1], 'balance') or '', length,
+  redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)}
+"""
+
+# KEYS: ledger, archive cursor.  ARGV: the new cursor (positions before it are archived),
+# then the 0-based positions of entries the archive now holds (`redis_archive`).  An entry never
+# changes, so writing its tombstone twice is harmless; the cursor only moves forward.
+TOMBSTONE = """
+for i = 2, #ARGV do redis.call('LSET', KEYS[1], ARGV[i], '') end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+return #ARGV - 1
 """
 
 # KEYS: window counter.  ARGV: expires_at_ms.

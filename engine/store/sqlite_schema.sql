@@ -108,3 +108,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 
 CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires_at);
+
+-- The expiry purge deletes in small batches by these (`sqlite_ledger.purge_batch`): without
+-- them each purge was a full scan of every table with the event loop held.
+CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at);
+CREATE INDEX IF NOT EXISTS windows_by_expiry ON windows (expires_at);
+CREATE INDEX IF NOT EXISTS claims_by_expiry ON claims (expires_at);
+CREATE INDEX IF NOT EXISTS cache_by_expiry ON cache (expires_at);

@@ -1,0 +1,149 @@
+"""History leaves Redis's RAM: audit entries older than `AUDIT_HOT_SECONDS` move to an
+append-only SQLite archive file (`AUDIT_ARCHIVE_PATH`), every `ARCHIVE_INTERVAL_SECONDS`.
+
+An archived entry keeps its place in the user's Redis list as an empty string (a tombstone of
+two bytes in the list's listpack instead of ~740 bytes of JSON): an entry's id is its position
+(`redis_scripts`), so nothing that writes the ledger changes, and readers (`audit`,
+`read_ledger`) take each tombstone's entry from the archive by (user, id).
+
+Crash-safe and idempotent: a batch is first committed to the archive with
+`synchronous=FULL` (the commit returns after fsync), and only then are its positions
+tombstoned in Redis, so a crash between the two leaves entries in both places, and the next
+run archives them again with `INSERT OR IGNORE`.  Entries are immutable, so a tombstone written
+twice, or by two archivers at once (one per worker), is the same tombstone.
+
+The archive is one file: several machines sharing one Redis must share its path too (or run
+the archiver on one of them, leaving it unset elsewhere, which also leaves reads there unable
+to see archived entries).  Unset, nothing is archived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from engine.timeutil import iso
+
+ARCHIVE_BATCH_ENTRIES = 500
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS archived (
+    user_id TEXT NOT NULL,
+    id      INTEGER NOT NULL,
+    entry   BLOB NOT NULL,   -- the entry exactly as Redis stored it
+    PRIMARY KEY (user_id, id)
+) WITHOUT ROWID;
+"""
+
+
+class _At(msgspec.Struct):
+    at: str
+
+
+_at = msgspec.json.Decoder(_At)
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSettings:
+    path: Path
+    hot_seconds: float = 7 * 24 * 3600
+    interval_seconds: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ArchiveSettings | None:
+        env = os.environ if env is None else env
+        path = env.get("AUDIT_ARCHIVE_PATH", "").strip()
+        if not path:
+            return None
+        return cls(
+            Path(path),
+            float(env.get("AUDIT_HOT_SECONDS", "").strip() or 7 * 24 * 3600),
+            float(env.get("ARCHIVE_INTERVAL_SECONDS", "").strip() or 60),
+        )
+
+
+class Archive:
+    """The archive file.  Every call blocks: the store runs them on a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def store(self, user_id: str, entries: list[tuple[int, bytes]]) -> None:
+        """Commit (and fsync) entries; any already there are left as they are."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO archived (user_id, id, entry) VALUES (?,?,?)",
+                    [(user_id, entry_id, raw) for entry_id, raw in entries],
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def count(self) -> int:
+        with self._lock:
+            row = self._connection().execute("SELECT count(*) FROM archived").fetchone()
+        return int(row[0])
+
+    def entries(self, user_id: str, ids: list[int]) -> dict[int, bytes]:
+        if not ids:
+            return {}
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT id, entry FROM archived WHERE user_id = ? AND id BETWEEN ? AND ?",
+                    (user_id, min(ids), max(ids)),
+                )
+                .fetchall()
+            )
+        return {int(entry_id): bytes(raw) for entry_id, raw in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def old_prefix(items: list[bytes], cutoff: str) -> int:
+    """How many of `items` (a user's entries in order, so in time order) are older than
+    `cutoff`, counting tombstones too."""
+    for index, raw in enumerate(items):
+        if raw and _at.decode(raw).at >= cutoff:
+            return index
+    return len(items)
+
+
+def cutoff(now: float, hot_seconds: float) -> str:
+    return iso(now - hot_seconds)
+
+
+async def cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
