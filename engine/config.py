@@ -78,6 +78,14 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first is the default), case-insensitive."""
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -158,6 +166,12 @@ class Settings:
     max_header_bytes: int = 16 * 1024
     read_timeout_seconds: int = 10
     keepalive_seconds: int = 5
+    # Observability (issue 20): `LOG_FORMAT`, `ACCESS_LOG`, `METRICS_TOKEN` (unset: no metrics
+    # are collected and `/metrics` is 404).
+    log_format: str = "human"
+    access_log: bool = True
+    metrics_token: str = ""
+    metrics_port: int = 0  # `METRICS_PORT`: also serve metrics on 127.0.0.1:<port>, no token
     # The job lifecycle: kept results, failed-job refunds, the TTTranscribe webhook.
     refund_failed_jobs: bool = True
     job_lost_grace_seconds: float = 600.0
@@ -213,6 +227,10 @@ class Settings:
             max_header_bytes=_int(env, "ENGINE_MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
             read_timeout_seconds=_int(env, "ENGINE_READ_TIMEOUT_SECONDS", 10, minimum=1),
             keepalive_seconds=_int(env, "ENGINE_KEEPALIVE_SECONDS", 5, minimum=1),
+            log_format=_choice(env, "LOG_FORMAT", ("human", "json")),
+            access_log=_flag(env, "ACCESS_LOG", default=True),
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
+            metrics_port=_int(env, "METRICS_PORT", 0),
             refund_failed_jobs=_flag(env, "REFUND_FAILED_JOBS", default=True),
             job_lost_grace_seconds=float(_int(env, "JOB_LOST_GRACE_SECONDS", 600)),
             webhook_secret=env.get("TTT_WEBHOOK_SECRET", "").strip(),

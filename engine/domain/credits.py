@@ -17,6 +17,7 @@ from engine.domain.idempotency import fingerprint, scoped_key
 from engine.domain.ratelimit import WINDOW_SECONDS, RateLimiter, RateState, refusal_subject
 from engine.domain.tokens import TRANSCRIBE_SCOPE, TokenAuthority, UserPrincipal, require_scope
 from engine.errors import (
+    USER_MISMATCH,
     Conflict,
     Forbidden,
     IdempotencyKeyReused,
@@ -93,7 +94,9 @@ class CreditService:
             require_scope(user, TRANSCRIBE_SCOPE)
             if claimed_user_id is not None and claimed_user_id != user.user_id:
                 raise Forbidden(
-                    "Body userId does not match the token subject", code="user_mismatch"
+                    "Body userId does not match the token subject",
+                    code="user_mismatch",
+                    guidance=USER_MISMATCH,
                 )
         except Forbidden as refusal:
             await self._audit_refusal(user, refusal, context)

@@ -95,6 +95,7 @@ class AuditEntryBody(Body, kw_only=True):
     user_agent: str
     at: str
     reason: str = ""
+    http_request_id: str = ""
 
 
 class RefundResponse(Body, kw_only=True):

@@ -26,6 +26,9 @@ class Context(msgspec.Struct, frozen=True):
 
     ip: str = ""
     user_agent: str = ""
+    # The HTTP request id (`X-Request-Id`) that caused the entry: for correlating the audit
+    # with the access log.  Never a ledger key: a vend is named by its own `request_id`.
+    http_request_id: str = ""
 
 
 class IdempotencyKey(msgspec.Struct, frozen=True):
@@ -51,6 +54,8 @@ class AuditEntry(msgspec.Struct, frozen=True, rename="camel"):
     user_agent: str
     at: str
     reason: str = ""
+    # Additive, with a default: entries written before it existed read as "".
+    http_request_id: str = ""
 
 
 class RateWindow(msgspec.Struct, frozen=True):

@@ -109,6 +109,7 @@ def _entry_fields(user_id: str, request_id: str, context: Context, at: str) -> b
             "ip": context.ip,
             "userAgent": context.user_agent,
             "at": at,
+            "httpRequestId": context.http_request_id,
         }
     )[1:-1]
 

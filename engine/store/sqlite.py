@@ -66,7 +66,8 @@ _ADDED_COLUMNS = {
     "accounts": (
         "window_start INTEGER NOT NULL DEFAULT 0",
         "window_count INTEGER NOT NULL DEFAULT 0",
-    )
+    ),
+    "ledger": ("http_request_id TEXT NOT NULL DEFAULT ''",),
 }
 
 

@@ -32,8 +32,14 @@ from engine.store.records import (
 from engine.timeutil import iso
 
 Connection = sqlite3.Connection
-ENTRY_COLUMNS = "id, user_id, action, delta, balance_after, request_id, ip, user_agent, at, reason"
-_APPEND = f"INSERT INTO ledger ({ENTRY_COLUMNS.removeprefix('id, ')}) VALUES (?,?,?,?,?,?,?,?,?)"
+ENTRY_COLUMNS = (
+    "id, user_id, action, delta, balance_after, request_id, ip, user_agent, at, reason,"
+    " http_request_id"
+)
+_APPEND = (
+    f"INSERT INTO ledger ({ENTRY_COLUMNS.removeprefix('id, ')})"
+    f" VALUES ({','.join('?' * ENTRY_COLUMNS.count(','))})"
+)
 _ACCOUNT = "SELECT balance, window_start, window_count FROM accounts WHERE user_id = ?"
 _SET_WINDOW = "UPDATE accounts SET window_start = ?, window_count = ? WHERE user_id = ?"
 _vend_receipt = msgspec.json.Decoder(VendReceipt)
@@ -76,6 +82,7 @@ def _append(
         context.user_agent,
         at,
         reason,
+        context.http_request_id,
     )
     cursor = conn.execute(_APPEND, values)
     return AuditEntry(cursor.lastrowid or 0, *values)

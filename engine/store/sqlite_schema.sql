@@ -28,7 +28,10 @@ CREATE TABLE IF NOT EXISTS ledger (
     ip            TEXT NOT NULL,
     user_agent    TEXT NOT NULL,
     reason        TEXT NOT NULL DEFAULT '',
-    at            TEXT NOT NULL
+    at            TEXT NOT NULL,
+    -- The HTTP request's X-Request-Id, for the access log; files made before it gain the
+    -- column from `SQLiteStore.open`.
+    http_request_id TEXT NOT NULL DEFAULT ''
 );
 
 CREATE INDEX IF NOT EXISTS ledger_by_user ON ledger (user_id, id);
