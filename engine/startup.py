@@ -22,8 +22,10 @@ from engine.config import (
     TTT_SECRET_NAMES,
     ConfigError,
     generate_missing_secrets,
+    sqlite_path,
 )
 from engine.store import StoreUnavailable, store_from_url
+from engine.store.sqlite_check import check_engine_file
 
 DEFAULT_DEV_SECRETS = "data/dev-secrets.env"
 STORE_CHECK_SECONDS = 10.0
@@ -68,6 +70,9 @@ def check_store(url: str) -> None:
     is reported now, not as a traceback in every worker."""
     shown = redacted(url)
     try:
+        if url.startswith("sqlite:"):
+            # Before opening: opening creates the engine's tables, even in another app's file.
+            check_engine_file(sqlite_path(url))
         store = store_from_url(url)
     except ConfigError as exc:
         raise StartupError(f"--store / ENGINE_STORE_URL: {exc}") from None

@@ -71,7 +71,7 @@ def test_missing_secret_is_one_line_and_exit_2(tmp_path: Path) -> None:
         ("mysql://localhost/x", "ENGINE_STORE_URL"),
         ("sqlite:///", "ENGINE_STORE_URL"),
         ("redis://127.0.0.1:{closed}/0", "cannot open redis://127.0.0.1:"),
-        ("sqlite:///{tmp}/not-a-db.db", "cannot open"),
+        ("sqlite:///{tmp}/not-a-db.db", "not a usable SQLite database"),
     ],
 )
 def test_bad_store_is_one_line_and_exit_2(tmp_path: Path, store: str, named: str) -> None:

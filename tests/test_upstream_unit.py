@@ -134,11 +134,17 @@ NOT_READY = {
 
 @pytest.mark.parametrize(
     ("headers", "retry_after"),
-    [({}, "30"), ({"Retry-After": "7"}, "7"), ({"Retry-After": "x"}, "30")],
+    [
+        ({}, "30"),
+        ({"Retry-After": "7"}, "7"),
+        ({"Retry-After": "x"}, "30"),
+        ({"Retry-After": b"\xb2"}, "30"),  # read as "²", and str.isdigit() is true of it
+        ({"Retry-After": "9" * 5000}, "30"),  # more digits than int() will parse
+    ],
 )
 @respx.mock
 async def test_readiness_503_is_upstream_unavailable_counted_once(
-    headers: dict[str, str], retry_after: str
+    headers: dict[str, str | bytes], retry_after: str
 ) -> None:
     respx.post(f"{BASE}/transcribe").mock(
         return_value=httpx.Response(503, json=NOT_READY, headers=headers)

@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from functools import cache
 from typing import Any
 
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from engine.config import ConfigError, Settings, sqlite_path
-from engine.store.sqlite_check import check_engine_file
+from engine.config import Settings
 
 PROTOCOL = "engine.http.server:GuardedHttpToolsProtocol"
 
@@ -194,21 +192,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def preflight(settings: Settings) -> None:
-    """Checks that must pass before any worker starts; ConfigError (one line) otherwise."""
-    if settings.store_url.startswith("sqlite:"):
-        check_engine_file(sqlite_path(settings.store_url))
-
-
 def serve(settings: Settings, *, host: str, port: int, workers: int, log_level: str) -> int:
-    """Run the engine's server; 2 (with one line on stderr) if the store file is refused."""
+    """Run the engine's server with its limits (the store was checked by `engine.startup`)."""
     import uvicorn
 
-    try:
-        preflight(settings)
-    except ConfigError as exc:
-        print(f"pluct-engine: {exc}", file=sys.stderr)
-        return 2
     uvicorn.run(
         "engine.http.app:create_server_app",
         factory=True,

@@ -66,7 +66,9 @@ def _not_ready(response: httpx.Response) -> UpstreamUnavailable:
     its `reason` and `missing` are quoted so the client can tell a misconfigured upstream.
     """
     raw = response.headers.get("retry-after", "").strip()
-    retry = int(raw) if raw.isdigit() else DEFAULT_RETRY_AFTER_SECONDS
+    # ASCII only (`str.isdigit` is true of "²"), and short enough for `int()` to take.
+    plain = raw.isascii() and raw.isdigit() and len(raw) <= 6
+    retry = int(raw) if plain else DEFAULT_RETRY_AFTER_SECONDS
     retry = min(max(retry, 1), _MAX_RETRY_AFTER_SECONDS)
     details: dict[str, Any] = {"upstreamStatus": response.status_code}
     body = _json_object(response)
