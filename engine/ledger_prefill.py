@@ -20,7 +20,9 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from engine.store import SQLiteStore, sqlite_ledger
 from engine.store.protocol import Store
 from engine.store.records import (
     ConsumeOrder,
@@ -28,14 +30,38 @@ from engine.store.records import (
     GrantOrder,
     GrantOutcome,
     IdempotencyKey,
+    JobRecord,
     RefundOrder,
     RefundOutcome,
+    SpendOutcome,
     StoredResponse,
     VendOrder,
     vend_request_id,
 )
+from engine.store.sqlite_bulk import SQLiteBulk
 
-Operation = Callable[[Store], Awaitable[str]]
+
+class Target(Protocol):
+    """The store operations prefill drives: a `Store`, or SQLite's bulk path."""
+
+    async def spend(self, order: VendOrder) -> SpendOutcome: ...
+
+    async def grant(self, order: GrantOrder) -> GrantOutcome: ...
+
+    async def refund(self, order: RefundOrder) -> RefundOutcome: ...
+
+    async def remember(
+        self, scope: str, key: str, response: StoredResponse, ttl_seconds: float, now: float
+    ) -> StoredResponse: ...
+
+    async def consume_token(self, order: ConsumeOrder) -> str: ...
+
+    async def accept_job(
+        self, user_id: str, job_id: str, upstream_id: str, body: bytes, now: float
+    ) -> JobRecord | None: ...
+
+
+Operation = Callable[[Target], Awaitable[str]]
 
 YEAR_SECONDS = 365 * 24 * 3600
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
@@ -44,6 +70,9 @@ JOB_RETENTION_SECONDS = 7 * 24 * 3600
 # Vended tokens that go on to buy their transcription (the rest expire unused).
 TRANSCRIBED_SHARE = 0.7
 OPERATIONS_AT_ONCE = 512
+# SQLite's bulk path: operations per transaction, each commit followed by the expiry purge a
+# running engine would have done by then (so expired records never pile up in the file).
+BULK_OPERATIONS_PER_COMMIT = 50_000
 _VEND_FINGERPRINT = "prefill-vend"
 _CONTEXTS = [
     Context(ip=f"10.{i % 250}.{i // 250 % 250}.{i % 7 + 1}", user_agent=agent)
@@ -136,7 +165,7 @@ async def _remembered(stored: Awaitable[StoredResponse]) -> str:
     return "remembered"
 
 
-async def _spend(store: Store, user: _User, order: VendOrder, transcribed: bool) -> str:
+async def _spend(store: Target, user: _User, order: VendOrder, transcribed: bool) -> str:
     outcome = await store.spend(order)
     if outcome.status != "charged":
         return outcome.status
@@ -170,18 +199,37 @@ async def run_prefill(store: Store, entries: int, users: int, seed: int) -> Pref
     workload = _Workload(users, seed)
     statuses: Counter[str] = Counter()
     written = 0
+
+    def batch(size: int) -> list[Operation]:
+        now = started + YEAR_SECONDS * written / entries
+        return [workload.next_operation(now) for _ in range(min(size, max(1, entries - written)))]
+
     await store.open()
     try:
-        while written < entries:
-            now = started + YEAR_SECONDS * written / entries
-            batch = [
-                workload.next_operation(now)
-                for _ in range(min(OPERATIONS_AT_ONCE, max(1, entries - written)))
-            ]
-            results = await asyncio.gather(*(operation(store) for operation in batch))
-            statuses.update(results)
-            written += sum(1 for status in results if status in _WROTE_ENTRY)
+        if isinstance(store, SQLiteStore):
+            bulk = store.bulk()
+            while written < entries:
+                bulk.begin()
+                try:
+                    results = [
+                        await operation(bulk) for operation in batch(BULK_OPERATIONS_PER_COMMIT)
+                    ]
+                    _purge(bulk, started + YEAR_SECONDS * written / entries)
+                finally:
+                    bulk.commit()
+                statuses.update(results)
+                written += sum(1 for status in results if status in _WROTE_ENTRY)
+        else:
+            while written < entries:
+                results = await asyncio.gather(*(op(store) for op in batch(OPERATIONS_AT_ONCE)))
+                statuses.update(results)
+                written += sum(1 for status in results if status in _WROTE_ENTRY)
         await store.purge_expired(time.time())
     finally:
         await store.close()
     return Prefilled(written, workload.users, dict(sorted(statuses.items())))
+
+
+def _purge(bulk: SQLiteBulk, now: float) -> None:
+    for table in sqlite_ledger.PURGED_TABLES:
+        bulk.purge(table, now)

@@ -24,14 +24,13 @@ from typing import TypeVar, cast
 from engine.store import sqlite_jobs as jobs
 from engine.store import sqlite_ledger
 from engine.store import sqlite_ops as ops
-from engine.store.protocol import StoreUnavailable
+from engine.store.protocol import IdOrderCheck, StoreUnavailable
 from engine.store.records import (
     AuditEntry,
     BalanceView,
     ConsumeOrder,
     GrantOrder,
     GrantOutcome,
-    IdempotencyKey,
     JobObservation,
     JobRecord,
     LedgerChunk,
@@ -44,6 +43,7 @@ from engine.store.records import (
     token_of_vend,
 )
 from engine.store.sqlite_batch import GroupCommitter
+from engine.store.sqlite_bulk import SQLiteBulk
 
 T = TypeVar("T")
 CHECKPOINT_INTERVAL_SECONDS = 1.0
@@ -293,6 +293,24 @@ class SQLiteStore:
                 await loop.run_in_executor(thread, chunks.close)
                 await loop.run_in_executor(thread, conn.close)
 
+    def bulk(self) -> SQLiteBulk:
+        """The same operations back to back in large transactions on one connection, for
+        `ledger prefill` (nothing else may write meanwhile); `open` first."""
+        return SQLiteBulk(self._thread_connection())
+
+    async def scan_ledger(self, check: IdOrderCheck) -> None:
+        """`ledger verify` in the table's own order (`sqlite_ledger.scan_in_id_order`), on a
+        connection and thread of its own."""
+
+        def scan() -> None:
+            conn = self._stream_connection()
+            try:
+                sqlite_ledger.scan_in_id_order(conn, check)
+            finally:
+                conn.close()
+
+        await asyncio.to_thread(scan)
+
     def _stream_connection(self) -> Connection:
         """Not `_connect`: setting the journal mode would write to a file that verify only
         reads (and the caller has checked that it exists)."""
@@ -317,15 +335,9 @@ class SQLiteStore:
     async def remember(
         self, scope: str, key: str, response: StoredResponse, ttl_seconds: float, now: float
     ) -> StoredResponse:
-        def write(conn: Connection) -> StoredResponse:
-            stored = ops.stored_response(conn, scope, key, now)
-            if stored is not None:
-                return stored
-            slot = IdempotencyKey(scope, key, response.fingerprint, now + ttl_seconds)
-            ops.store_response(conn, slot, response.status_code, response.body)
-            return response
-
-        return await self._write(write)
+        return await self._write(
+            lambda conn: ops.remember(conn, scope, key, response, ttl_seconds, now)
+        )
 
     async def recall(self, scope: str, key: str, now: float) -> StoredResponse | None:
         return await self._read(lambda conn: ops.stored_response(conn, scope, key, now))
