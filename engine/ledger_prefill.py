@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from engine.store import SQLiteStore, sqlite_ledger
+from engine.store import SQLiteStore, sqlite_prefill
 from engine.store.protocol import Store
 from engine.store.records import (
     ConsumeOrder,
@@ -38,7 +38,6 @@ from engine.store.records import (
     VendOrder,
     vend_request_id,
 )
-from engine.store.sqlite_bulk import SQLiteBulk
 
 
 class Target(Protocol):
@@ -70,9 +69,6 @@ JOB_RETENTION_SECONDS = 7 * 24 * 3600
 # Vended tokens that go on to buy their transcription (the rest expire unused).
 TRANSCRIBED_SHARE = 0.7
 OPERATIONS_AT_ONCE = 512
-# SQLite's bulk path: operations per transaction, each commit followed by the expiry purge a
-# running engine would have done by then (so expired records never pile up in the file).
-BULK_OPERATIONS_PER_COMMIT = 50_000
 _VEND_FINGERPRINT = "prefill-vend"
 _CONTEXTS = [
     Context(ip=f"10.{i % 250}.{i // 250 % 250}.{i % 7 + 1}", user_agent=agent)
@@ -196,40 +192,33 @@ async def run_prefill(store: Store, entries: int, users: int, seed: int) -> Pref
     """Append at least `entries` entries (the last batch may add a few more)."""
     finished = time.time()
     started = finished - YEAR_SECONDS
-    workload = _Workload(users, seed)
-    statuses: Counter[str] = Counter()
-    written = 0
-
-    def batch(size: int) -> list[Operation]:
-        now = started + YEAR_SECONDS * written / entries
-        return [workload.next_operation(now) for _ in range(min(size, max(1, entries - written)))]
-
     await store.open()
     try:
         if isinstance(store, SQLiteStore):
-            bulk = store.bulk()
-            while written < entries:
-                bulk.begin()
-                try:
-                    results = [
-                        await operation(bulk) for operation in batch(BULK_OPERATIONS_PER_COMMIT)
-                    ]
-                    _purge(bulk, started + YEAR_SECONDS * written / entries)
-                finally:
-                    bulk.commit()
-                statuses.update(results)
-                written += sum(1 for status in results if status in _WROTE_ENTRY)
-        else:
-            while written < entries:
-                results = await asyncio.gather(*(op(store) for op in batch(OPERATIONS_AT_ONCE)))
-                statuses.update(results)
-                written += sum(1 for status in results if status in _WROTE_ENTRY)
+            shape = sqlite_prefill.Shape(
+                YEAR_SECONDS,
+                IDEMPOTENCY_TTL_SECONDS,
+                VENDED_TOKEN_TTL_SECONDS,
+                JOB_RETENTION_SECONDS,
+                TRANSCRIBED_SHARE,
+                _VEND_FINGERPRINT,
+                _CONTEXTS,
+            )
+            written, granted, statuses = store.prefill(entries, users, seed, finished, shape)
+            return Prefilled(written, granted, dict(sorted(statuses.items())))
+        workload = _Workload(users, seed)
+        counted: Counter[str] = Counter()
+        done = 0
+        while done < entries:
+            now = started + YEAR_SECONDS * done / entries
+            batch = [
+                workload.next_operation(now)
+                for _ in range(min(OPERATIONS_AT_ONCE, max(1, entries - done)))
+            ]
+            results = await asyncio.gather(*(operation(store) for operation in batch))
+            counted.update(results)
+            done += sum(1 for status in results if status in _WROTE_ENTRY)
         await store.purge_expired(time.time())
+        return Prefilled(done, workload.users, dict(sorted(counted.items())))
     finally:
         await store.close()
-    return Prefilled(written, workload.users, dict(sorted(statuses.items())))
-
-
-def _purge(bulk: SQLiteBulk, now: float) -> None:
-    for table in sqlite_ledger.PURGED_TABLES:
-        bulk.purge(table, now)

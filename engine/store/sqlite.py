@@ -15,6 +15,7 @@ import contextlib
 import functools
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 from engine.store import sqlite_jobs as jobs
-from engine.store import sqlite_ledger
+from engine.store import sqlite_ledger, sqlite_prefill
 from engine.store import sqlite_ops as ops
 from engine.store.protocol import IdOrderCheck, StoreUnavailable
 from engine.store.records import (
@@ -43,7 +44,6 @@ from engine.store.records import (
     token_of_vend,
 )
 from engine.store.sqlite_batch import GroupCommitter
-from engine.store.sqlite_bulk import SQLiteBulk
 
 T = TypeVar("T")
 CHECKPOINT_INTERVAL_SECONDS = 1.0
@@ -293,10 +293,14 @@ class SQLiteStore:
                 await loop.run_in_executor(thread, chunks.close)
                 await loop.run_in_executor(thread, conn.close)
 
-    def bulk(self) -> SQLiteBulk:
-        """The same operations back to back in large transactions on one connection, for
-        `ledger prefill` (nothing else may write meanwhile); `open` first."""
-        return SQLiteBulk(self._thread_connection())
+    def prefill(
+        self, entries: int, users: int, seed: int, finished: float, shape: sqlite_prefill.Shape
+    ) -> tuple[int, int, Counter[str]]:
+        """`ledger prefill`'s bulk path (`sqlite_prefill`), blocking; `open` first, and
+        nothing else may write meanwhile."""
+        return sqlite_prefill.prefill_rows(
+            self._thread_connection(), entries, users, seed, finished, shape
+        )
 
     async def scan_ledger(self, check: IdOrderCheck) -> None:
         """`ledger verify` in the table's own order (`sqlite_ledger.scan_in_id_order`), on a
