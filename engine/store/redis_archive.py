@@ -138,6 +138,10 @@ class Archive:
             )
         return {int(entry_id): bytes(raw) for entry_id, raw in rows}
 
+    def entries_of(self, wanted: Mapping[str, list[int]]) -> dict[str, dict[int, bytes]]:
+        """`entries` of many users at once (a batch of `read_ledger`)."""
+        return {user_id: self.entries(user_id, ids) for user_id, ids in wanted.items() if ids}
+
     def has_vend(self, user_id: str, request_id: str) -> bool:
         """Whether an archived entry of `user_id` is the vend `request_id` (a scan of that
         user's archived entries: refunds are rare, and the archive has no index by id)."""

@@ -106,9 +106,24 @@ class RedisHistory:
                 for u in users
             )
         )
+        # The batch's archived entries in one trip to the archive's thread, not one per user.
+        missing = {
+            user_id: [n + 1 for n, item in enumerate(first) if not item]
+            for user_id, (_, _, first) in zip(users, heads, strict=True)
+        }
+        archived: dict[str, dict[int, bytes]] = {}
+        if any(missing.values()):
+            if self._archive is None:
+                raise StoreUnavailable("redis: archived entries, but no AUDIT_ARCHIVE_PATH set")
+            archived = await asyncio.to_thread(self._archive.entries_of, missing)
         for user_id, (raw_balance, length, first) in zip(users, heads, strict=True):
             balance = int(raw_balance) if raw_balance not in (b"", "") else None
-            yield LedgerChunk(user_id, balance, await self._entries(user_id, 1, first))
+            found = archived.get(user_id, {})
+            yield LedgerChunk(
+                user_id,
+                balance,
+                [_entry_at(n + 1, item or found[n + 1]) for n, item in enumerate(first)],
+            )
             done = len(first)
             while done < int(length):
                 stop = min(int(length), done + chunk_size) - 1
