@@ -338,3 +338,24 @@ async def test_vend_ids_colliding_in_the_bitmap_are_decided_exactly(
         ("charged_twice", "ann", (5, 7)),
         ("refund_unlinked", "bob", (8,)),
     ]
+
+
+async def test_sqlite_id_order_check_spans_snapshots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id-order pass reads a few rows per read transaction (so the WAL may restart), and
+    finds the same clean ledger and the same planted break as in one snapshot."""
+    from engine.ledger_prefill import run_prefill
+    from engine.store import sqlite_ledger
+
+    url = f"sqlite:///{tmp_path / 'spans.db'}"
+    written = await run_prefill(store_from_url(url), 500, 20, seed=5)
+    monkeypatch.setattr(sqlite_ledger, "SNAPSHOT_ROWS", 7)
+    report = await verify(store_from_url(url))
+    assert report.ok, report.problems
+    assert report.entries == written.entries
+    plant = Planter(url)
+    plant.entry("zed", "grant", 2, 2, "g-zed")
+    plant.close()
+    report = await verify(store_from_url(url))
+    assert [(v.kind, v.user_id) for v in report.violations] == [("balance_mismatch", "zed")]

@@ -109,7 +109,10 @@ def _rest_of_user(
 # -- `ledger verify`: the table in its own order ---------------------------------------------
 # Reading in user order (`ledger_chunks`) walks the table at random, one page per entry once
 # the file outgrows the cache; the table's own (id) order reads each page once, in file order.
-_ROWS_BY_ID = "SELECT id, user_id, action, delta, balance_after, request_id FROM ledger ORDER BY id"
+_ROWS_AFTER = (
+    "SELECT id, user_id, action, delta, balance_after, request_id FROM ledger"
+    " WHERE id > ? ORDER BY id LIMIT ?"
+)
 _SUSPECT_ROWS = (
     "SELECT id, user_id, action, request_id FROM ledger"
     " WHERE (action = 'vend' OR action = 'refund') AND request_id IN (SELECT rid FROM suspects)"
@@ -155,24 +158,38 @@ def _fetched(cursor: sqlite3.Cursor) -> Iterator[list[LedgerRow]]:
 
 
 def scan_in_id_order(conn: Connection, check: IdOrderCheck) -> None:
-    """`IdOrderScanner.scan_ledger` in one snapshot: one sequential pass over the ledger, one
-    pass (in SQLite, not Python) for the request ids that pass left in doubt, then the
-    accounts.  Blocking: the caller runs it on a thread."""
-    conn.execute("BEGIN")
-    try:
-        for rows in _fetched(conn.execute(_ROWS_BY_ID)):
-            check.feed(rows)
-        conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS suspects (rid TEXT PRIMARY KEY) WITHOUT ROWID"
-        )
-        conn.execute("DELETE FROM suspects")
-        conn.executemany(
-            "INSERT OR IGNORE INTO suspects VALUES (?)", ((r,) for r in check.take_suspects())
-        )
-        check.resolve(conn.execute(_SUSPECT_ROWS))
-        check.finish((user, int(balance)) for user, balance in conn.execute(_ACCOUNTS))
-    finally:
-        conn.execute("COMMIT")
+    """`IdOrderScanner.scan_ledger`: one sequential pass over the ledger, one pass (in SQLite,
+    not Python) over the request ids that pass left in doubt, then the accounts.  Blocking:
+    the caller runs it on a thread.
+
+    The pass reads `SNAPSHOT_ROWS` rows per read transaction, so a long verify of a live store
+    never holds the WAL back: entries are immutable and ids only grow, so rows read in earlier
+    snapshots are still the ledger's.  The last snapshot (the one that reaches the end) also
+    reads the suspects and every balance, so balances and sums are of the same instant."""
+    last = 0
+    while True:
+        conn.execute("BEGIN")
+        try:
+            read = 0
+            for rows in _fetched(conn.execute(_ROWS_AFTER, (last, SNAPSHOT_ROWS))):
+                check.feed(rows)
+                read += len(rows)
+                last = rows[-1][0]
+            if read < SNAPSHOT_ROWS:
+                _decide(conn, check)
+                return
+        finally:
+            conn.execute("COMMIT")
+
+
+def _decide(conn: Connection, check: IdOrderCheck) -> None:
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS suspects (rid TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.execute("DELETE FROM suspects")
+    conn.executemany(
+        "INSERT OR IGNORE INTO suspects VALUES (?)", ((r,) for r in check.take_suspects())
+    )
+    check.resolve(conn.execute(_SUSPECT_ROWS))
+    check.finish((user, int(balance)) for user, balance in conn.execute(_ACCOUNTS))
 
 
 def ledger_size(conn: Connection) -> int:
