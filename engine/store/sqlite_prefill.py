@@ -24,7 +24,6 @@ from engine.store.records import Context, VendReceipt, vend_request_id
 from engine.timeutil import iso
 
 ROWS_PER_COMMIT = 200_000
-CHECKPOINT_ROWS = 2_000_000
 # Token rows and the ledger's user index take inserts all over their b-trees.
 BULK_CACHE_KIB = 256 * 1024
 _LEDGER = (
@@ -91,6 +90,9 @@ class _Rows:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        # Every commit: a WAL of many commits holds each page many times over, and lookups
+        # through a large WAL index slowed the fill to a crawl (2 GB of WAL at 3M entries).
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.__init__()  # type: ignore[misc]
 
 
@@ -100,8 +102,7 @@ def prefill_rows(
     """Write at least `entries` ledger entries; returns (entries, users, statuses)."""
     conn.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
     # A prefill that crashes is started again on a new file: no fsync per commit.  The store's
-    # checkpointer runs on the event loop this blocks, so the WAL is let grow to
-    # `CHECKPOINT_ROWS` and checkpointed here.
+    # checkpointer runs on the event loop this blocks, so `_Rows.write` checkpoints.
     conn.execute("PRAGMA synchronous=OFF")
     rng = random.Random(seed)
     bits = rng.getrandbits  # ids as random as `os.urandom`'s, without a system call each
@@ -200,8 +201,6 @@ def prefill_rows(
             rows.accounts[uid] = (uid, user.balance, at)
         if len(rows.ledger) >= ROWS_PER_COMMIT:
             rows.write(conn)
-            if written % CHECKPOINT_ROWS < ROWS_PER_COMMIT:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     rows.write(conn)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.execute("PRAGMA synchronous=NORMAL")
