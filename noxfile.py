@@ -79,8 +79,22 @@ def conformance(session: nox.Session) -> None:
         session.run("pluct-conformance", "run", *session.posargs)
         return
     _ensure_redis_server(session)
-    session.run("python", "tools/conformance_local.py", *session.posargs)
+    # The judge first (each check against its defect fixture), then our engine judged.
     session.run("pytest", "conformance/tests", "-o", "addopts=", "-p", "no:cacheprovider")
+    session.run("python", "tools/conformance_local.py", *session.posargs)
+
+
+@nox.session
+def original(session: nox.Session) -> None:
+    """Seed conformance of the original Worker under `wrangler dev --local`:
+    `nox -s original -- PATH_OR_GIT_URL`; writes conformance/reports/original-<rev>.json."""
+    if not session.posargs:
+        session.error("usage: nox -s original -- PATH_OR_GIT_URL")
+    missing = [tool for tool in ("node", "npm", "git") if not shutil.which(tool)]
+    if missing:
+        session.skip(f"the original Worker needs {', '.join(missing)}, not installed here")
+    session.install("-e", ".", "-e", "./conformance")
+    session.run("python", "tools/conformance_original.py", *session.posargs)
 
 
 @nox.session

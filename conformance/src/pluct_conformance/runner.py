@@ -12,6 +12,7 @@ from pluct_conformance.registry import (
     Check,
     CheckResult,
     Failure,
+    Inconclusive,
     Outcome,
     Report,
     Skip,
@@ -41,6 +42,8 @@ async def preflight(target: Target) -> None:
             raise CannotRun(f"{target.url}/health answered {health.status_code}")
         if target.admin_key:
             granted = await target.grant(client, "preflight", 1)
+            if granted.status_code in (404, 405):
+                raise CannotRun(f"{target.url} has no POST /v1/credits/add ({granted.status_code})")
             if granted.status_code == 401:
                 raise CannotRun("the admin key was refused (401)")
         if target.jwt_secret:
@@ -51,13 +54,17 @@ async def preflight(target: Target) -> None:
 
 async def _run_one(check: Check, target: Target, expected: set[str]) -> CheckResult:
     started = time.perf_counter()
-    result = CheckResult(check.id, check.group, check.profile, check.description, Outcome.PASSED)
+    result = CheckResult(
+        check.id, check.group, check.profile, check.description, check.promise, Outcome.PASSED
+    )
     try:
         await check.fn(target)
     except Skip as exc:
         result.outcome, result.reason = Outcome.SKIPPED, str(exc)
     except Failure as exc:
         result.outcome, result.reason, result.curl = Outcome.FAILED, exc.reason, exc.curl
+    except Inconclusive as exc:
+        result.outcome, result.reason, result.curl = Outcome.INCONCLUSIVE, exc.reason, exc.curl
     except (TimeoutError, httpx.HTTPError) as exc:
         result.outcome, result.reason = (
             Outcome.FAILED,
@@ -80,9 +87,12 @@ async def run_checks_async(
     only: list[str] | None = None,
     expected_failures: set[str] | None = None,
     progress: Callable[[Check, CheckResult | None], None] | None = None,
+    allow_partial: bool = False,
 ) -> Report:
     await preflight(target)
-    report = Report(target=target.url, profile=profile, seed=target.seed)
+    report = Report(
+        target=target.url, profile=profile, seed=target.seed, allow_partial=allow_partial
+    )
     for check in select(profile, only):
         if progress:
             progress(check, None)

@@ -1,5 +1,5 @@
 """Importing this package registers every check."""
 
-from pluct_conformance.checks import auth, contract, hardening, races, schema
+from pluct_conformance.checks import auth, contract, hardening, races, schema, webhooks
 
-__all__ = ["auth", "contract", "hardening", "races", "schema"]
+__all__ = ["auth", "contract", "hardening", "races", "schema", "webhooks"]

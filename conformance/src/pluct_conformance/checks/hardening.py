@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import httpx
 
-from pluct_conformance.registry import Failure, check, expect_status
+from pluct_conformance.registry import (
+    Failure,
+    check,
+    error_code,
+    expect,
+    expect_status,
+    said,
+)
 from pluct_conformance.target import Target
 
 LOOKALIKES = [
@@ -50,7 +57,12 @@ def _no_5xx(response: httpx.Response) -> None:
         )
 
 
-@check("hardening", "strict", "malformed JSON bodies get a 4xx, never a 5xx")
+@check(
+    "hardening",
+    "strict",
+    "malformed JSON bodies get a 4xx, never a 5xx",
+    promise="spec: components.responses.BadRequest",
+)
 async def malformed_json(target: Target) -> None:
     async with target.client() as client:
         for path, headers in (
@@ -68,6 +80,7 @@ async def malformed_json(target: Target) -> None:
     "hardening",
     "strict",
     "wrong types (fractional, string, boolean, huge) amounts are 4xx and grant nothing",
+    promise="spec: components.schemas.GrantRequest",
 )
 async def wrong_types(target: Target) -> None:
     async with target.client() as client:
@@ -87,7 +100,12 @@ async def wrong_types(target: Target) -> None:
             )
 
 
-@check("hardening", "strict", "oversized bodies are refused with a 4xx")
+@check(
+    "hardening",
+    "strict",
+    "oversized bodies are refused with a 4xx",
+    promise="spec: components.responses.PayloadTooLarge",
+)
 async def huge_body(target: Target) -> None:
     async with target.client() as client:
         body = b'{"userId":"' + b"a" * 2_000_000 + b'","amount":1}'
@@ -99,7 +117,12 @@ async def huge_body(target: Target) -> None:
         expect_status(response, 400, 413, 422)
 
 
-@check("hardening", "strict", "unicode and very long ids and keys are handled without a 5xx")
+@check(
+    "hardening",
+    "strict",
+    "unicode and very long ids and keys are handled without a 5xx",
+    promise="spec: components.schemas.GrantRequest (userId pattern)",
+)
 async def odd_ids(target: Target) -> None:
     async with target.client() as client:
         for user in ("ünïcødé-👾", "a" * 5000, "../../etc", "{u:x}", ""):
@@ -109,7 +132,9 @@ async def odd_ids(target: Target) -> None:
             _no_5xx(response)
         for key in ("é" * 300, "k" * 10_000, "\u0000", "a b"):
             response = await client.post(
-                "/v1/vend-token", headers=target.bearer("odd-key"), json={"clientRequestId": key}
+                "/v1/vend-token",
+                headers=target.bearer("odd-key"),
+                json={"userId": target.user_id("odd-key"), "clientRequestId": key},
             )
             _no_5xx(response)
         token = target.mint("\u202e" * 3 + "x" * 300)
@@ -122,32 +147,56 @@ async def odd_ids(target: Target) -> None:
 @check(
     "hardening",
     "seed",
-    "non-TikTok and lookalike URLs are refused (400/422) on /meta and /ttt/transcribe",
+    "non-TikTok and lookalike URLs are refused (400/422) by /meta, before any fetch",
+    promise="seed: Metadata Caching (TikTok Validation: only TikTok URLs accepted)",
 )
 async def lookalike_urls(target: Target) -> None:
     async with target.client() as client:
         for url in LOOKALIKES:
-            expect_status(await client.get("/meta", params={"url": url}), 400, 422)
-        token = await target.vend(client, await target.funded(client, "lookalike", 1))
+            response = await client.get("/meta", params={"url": url})
+            expect_status(response, 400, 422, upstream_ok=False)
+
+
+@check(
+    "hardening",
+    "seed",
+    "non-TikTok and lookalike URLs are refused (400/422) by /ttt/transcribe, never forwarded",
+    promise="seed: TTTranscribe Proxy Integration (TikTok URL Validation, 400)",
+)
+async def lookalike_transcribe(target: Target) -> None:
+    async with target.client() as client:
+        await target.funded(client, "lookalike", 1)
+        token = await target.vend(client, "lookalike")
         for url in LOOKALIKES:
-            response = await client.post(
-                "/ttt/transcribe", json={"url": url}, headers={"Authorization": f"Bearer {token}"}
+            response = await target.submit(client, token, url)
+            expect_status(response, 400, 422, upstream_ok=False)
+            expect(
+                not error_code(response).startswith("upstream"),
+                f"a non-TikTok URL was forwarded, and refused upstream: {said(response)}",
+                response,
             )
-            expect_status(response, 400, 422)
 
 
 @check(
     "hardening",
     "strict",
     "SSRF probes on /meta (loopback, private ranges, userinfo, schemes) are refused",
+    promise="spec: /meta (SSRF-safe fetch)",
 )
 async def ssrf_meta(target: Target) -> None:
     async with target.client() as client:
         for url in SSRF:
-            expect_status(await client.get("/meta", params={"url": url}), 400, 422)
+            expect_status(
+                await client.get("/meta", params={"url": url}), 400, 422, upstream_ok=False
+            )
 
 
-@check("hardening", "strict", "redirects out of TikTok are not followed by /meta")
+@check(
+    "hardening",
+    "strict",
+    "redirects out of TikTok are not followed by /meta",
+    promise="spec: /meta (redirects only within TikTok)",
+)
 async def ssrf_redirect(target: Target) -> None:
     async with target.client() as client:
         response = await client.get("/meta", params={"url": "https://vm.tiktok.com/EVIL/"})
@@ -157,10 +206,64 @@ async def ssrf_redirect(target: Target) -> None:
             raise Failure("a redirect to an internal address was followed", response.request)
 
 
-@check("hardening", "strict", "path tricks on /ttt/status/{id} never reach another upstream path")
+@check(
+    "hardening",
+    "strict",
+    "path tricks on /ttt/status/{id} never reach another upstream path",
+    promise="spec: /ttt/status/{jobId} (jobId pattern)",
+)
 async def status_traversal(target: Target) -> None:
     async with target.client() as client:
         headers = target.bearer("traversal")
         for trick in TRAVERSAL:
             response = await client.get(f"/ttt/status/{trick}", headers=headers)
             expect_status(response, 400, 401, 404)
+
+
+@check(
+    "hardening",
+    "strict",
+    "a 1 MiB request header is refused (431/400, or the connection closed), never served",
+    promise="spec: info (header bytes ≤ 16 KiB → 431)",
+)
+async def oversized_header(target: Target) -> None:
+    async with target.client() as client:
+        try:
+            response = await client.get(
+                "/health", headers={"X-Conformance-Padding": "a" * (1 << 20)}
+            )
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError):
+            return  # refused or closed: the header was not accepted
+        expect_status(response, 431, 400, upstream_ok=False)
+
+
+@check(
+    "hardening",
+    "strict",
+    "a limit written with non-ASCII digits (superscript two) is 400, never a 500",
+    promise="spec: /v1/admin/audit (limit is an integer)",
+)
+async def non_ascii_digits(target: Target) -> None:
+    async with target.client() as client:
+        for limit in ("%C2%B2", "%D9%A3", "%EF%BC%95"):  # ², Arabic-Indic 3, full-width 5
+            response = await client.get(
+                f"/v1/admin/audit?userId={target.user_id('digits')}&limit={limit}",
+                headers=target.admin(),
+            )
+            expect_status(response, 400, upstream_ok=False)
+
+
+@check(
+    "hardening",
+    "strict",
+    "an id with a trailing newline is 400 (carol\\n is not carol)",
+    promise="spec: components.schemas.GrantRequest (userId pattern, full match)",
+)
+async def trailing_newline_id(target: Target) -> None:
+    async with target.client() as client:
+        response = await client.post(
+            "/v1/credits/add",
+            headers=target.admin(),
+            json={"userId": target.user_id("carol") + "\n", "amount": 1},
+        )
+        expect_status(response, 400, upstream_ok=False)

@@ -16,13 +16,18 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from schemathesis import GenerationMode
-from schemathesis.checks import ignored_auth, missing_required_header, negative_data_rejection
+from schemathesis.checks import (
+    ignored_auth,
+    missing_required_header,
+    negative_data_rejection,
+    not_a_server_error,
+)
 
-from pluct_conformance.registry import Failure, Skip, check
-from pluct_conformance.target import Target
+from pluct_conformance.registry import Failure, Skip, check, is_upstream_fault
+from pluct_conformance.target import Target, request_id
 
-POSITIVE_EXAMPLES = 50
-NEGATIVE_EXAMPLES = 30
+POSITIVE_EXAMPLES = 40
+NEGATIVE_EXAMPLES = 24
 STATEFUL_EXAMPLES = 25
 MAX_REPORTED = 5
 
@@ -50,7 +55,12 @@ class Credentials:
         return self.target.bearer(self.user(operation))
 
     def vended_headers(self, operation: str) -> dict[str, str]:
-        response = self.http.post("/v1/vend-token", headers=self.user_headers(operation), json={})
+        label = self.user(operation)
+        response = self.http.post(
+            "/v1/vend-token",
+            headers=self.user_headers(operation),
+            json={"userId": self.target.user_id(label), "clientRequestId": request_id()},
+        )
         token = response.json().get("token", "") if response.status_code == 200 else ""
         return {"Authorization": f"Bearer {token}"}
 
@@ -136,8 +146,14 @@ def _fuzz_one(
             _fresh_keys(case, headers)
         try:
             response = case.call(base_url=target.url, headers=headers, timeout=30)
-            excluded = list(NEGATIVE_EXCLUDED) if mode is GenerationMode.NEGATIVE else None
-            case.validate_response(response, headers=headers, excluded_checks=excluded)
+            excluded = list(NEGATIVE_EXCLUDED) if mode is GenerationMode.NEGATIVE else []
+            headless = case.method.upper() == "HEAD" and response.status_code in (502, 504)
+            if headless or is_upstream_fault(_as_httpx(response)):
+                # A declared 502/504 blaming the upstream (TikTok unreachable) is the spec's
+                # answer, not the deployment's defect; its shape is still validated. A HEAD
+                # reply has no body to name the upstream: its 502/504 is read the same way.
+                excluded.append(not_a_server_error)
+            case.validate_response(response, headers=headers, excluded_checks=excluded or None)
         except (Exception, BaseExceptionGroup) as exc:
             text = _summary(exc)
             curl = case.as_curl_command(headers=headers)
@@ -209,8 +225,9 @@ def _stateful(target: Target) -> list[str]:
 
 @check(
     "schema",
-    "seed",
+    "strict",
     "every operation, positive and negative data, validates against the spec (Schemathesis)",
+    promise="spec: every operation",
 )
 async def openapi(target: Target) -> None:
     if not target.can_mint:
@@ -224,6 +241,7 @@ async def openapi(target: Target) -> None:
     "schema",
     "strict",
     "stateful sequences along the spec's links: add → vend → transcribe → status",
+    promise="spec: links (add → vend → transcribe → status)",
 )
 async def stateful_links(target: Target) -> None:
     if not target.can_mint:
@@ -231,6 +249,12 @@ async def stateful_links(target: Target) -> None:
     problems = await asyncio.to_thread(_stateful, target)
     if problems:
         raise Failure(problems[0])
+
+
+def _as_httpx(response: Any) -> httpx.Response:
+    """Schemathesis hands back a requests-like response; enough of it for the fault test."""
+    request = httpx.Request("GET", "http://target/")
+    return httpx.Response(response.status_code, content=response.content, request=request)
 
 
 def _with_curl(problems: list[str]) -> Failure:
