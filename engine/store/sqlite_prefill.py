@@ -48,6 +48,10 @@ _JOB = (
 _encode = msgspec.json.encode
 
 
+class PrefillRefused(Exception):
+    """The store cannot take this prefill as asked; nothing was written."""
+
+
 @dataclass(frozen=True, slots=True)
 class Shape:
     """The workload's knobs, as `ledger_prefill` sets them."""
@@ -100,13 +104,20 @@ def prefill_rows(
     conn: sqlite3.Connection, entries: int, users: int, seed: int, finished: float, shape: Shape
 ) -> tuple[int, int, Counter[str]]:
     """Write at least `entries` ledger entries; returns (entries, users, statuses)."""
+    prefix = f"prefill-{seed}-"
+    # Rows carry absolute balances: on top of the same seed's users they would break the sums.
+    if conn.execute(
+        "SELECT 1 FROM accounts WHERE user_id >= ? AND user_id < ? LIMIT 1",
+        (prefix, prefix[:-1] + "."),
+    ).fetchone():
+        raise PrefillRefused(f"this store already holds users of seed {seed}: pass another --seed")
     conn.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
     # A prefill that crashes is started again on a new file: no fsync per commit.  The store's
     # checkpointer runs on the event loop this blocks, so `_Rows.write` checkpoints.
     conn.execute("PRAGMA synchronous=OFF")
     rng = random.Random(seed)
     bits = rng.getrandbits  # ids as random as `os.urandom`'s, without a system call each
-    people = [_User(f"prefill-{seed}-{n:07d}") for n in range(users)]
+    people = [_User(f"{prefix}{n:07d}") for n in range(users)]
     started = finished - shape.year_seconds
     statuses: Counter[str] = Counter()
     rows = _Rows()
