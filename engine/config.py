@@ -34,6 +34,37 @@ def _first(env: Mapping[str, str], names: tuple[str, ...]) -> str:
     return ""
 
 
+def _named(env: Mapping[str, str], names: tuple[str, ...]) -> str:
+    """Which of `names` provides the value `_first` returns; "" when none does."""
+    return next((name for name in names if env.get(name, "").strip()), "")
+
+
+def _check_upstream_secret(env: Mapping[str, str], jwt: str, admin: str, ttt: str) -> None:
+    """The secret sent to TTTranscribe in `X-Engine-Auth` must be the server's own.
+
+    The JWT secret ships inside the mobile app, so it is public: an upstream secret taken from
+    an alias the JWT secret also reads (`ENGINE_SHARED_SECRET`), or equal to it, lets anyone
+    call TTTranscribe without paying; equal to the admin key, it hands the upstream the key
+    that grants credits.  Dev mode generates three distinct secrets and is not checked.
+    """
+    source = _named(env, TTT_SECRET_NAMES)
+    if source in JWT_SECRET_NAMES:
+        raise ConfigError(
+            f"TTT_SHARED_SECRET is not set and the upstream secret would come from {source},"
+            " which is also a JWT secret alias: set TTT_SHARED_SECRET to a secret of its own"
+        )
+    if hmac.compare_digest(ttt.encode(), jwt.encode()):
+        raise ConfigError(
+            f"{source} equals {_named(env, JWT_SECRET_NAMES)}: the upstream secret must differ"
+            " from the app's JWT secret"
+        )
+    if hmac.compare_digest(ttt.encode(), admin.encode()):
+        raise ConfigError(
+            f"{source} equals {_named(env, ADMIN_KEY_NAMES)}: the upstream secret must differ"
+            " from the admin key"
+        )
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -45,6 +76,14 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first is the default), case-insensitive."""
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
@@ -123,6 +162,16 @@ class Settings:
     breaker_cooldown_seconds: float = 30.0
     build_ref: str = "unknown"
     dev_mode: bool = False
+    # The HTTP server's own limits (engine/http/server.py).
+    max_header_bytes: int = 16 * 1024
+    read_timeout_seconds: int = 10
+    keepalive_seconds: int = 5
+    # Observability (issue 20): `LOG_FORMAT`, `ACCESS_LOG`, `METRICS_TOKEN` (unset: no metrics
+    # are collected and `/metrics` is 404).
+    log_format: str = "human"
+    access_log: bool = True
+    metrics_token: str = ""
+    metrics_port: int = 0  # `METRICS_PORT`: also serve metrics on 127.0.0.1:<port>, no token
     # The job lifecycle: kept results, failed-job refunds, the TTTranscribe webhook.
     refund_failed_jobs: bool = True
     job_lost_grace_seconds: float = 600.0
@@ -153,6 +202,8 @@ class Settings:
                 + ", ".join(missing)
                 + " (or run `serve --dev` to generate them)"
             )
+        if not dev:
+            _check_upstream_secret(env, jwt_secret, admin_key, ttt_secret)
         vend_secret = env.get("ENGINE_VEND_SECRET", "").strip() or derive_vend_secret(admin_key)
         if vend_secret == jwt_secret:
             raise ConfigError("ENGINE_VEND_SECRET must differ from the user JWT secret")
@@ -173,6 +224,13 @@ class Settings:
             breaker_cooldown_seconds=float(_int(env, "BREAKER_COOLDOWN_SECONDS", 30, 1)),
             build_ref=env.get("BUILD_REF", "").strip() or "unknown",
             dev_mode=dev,
+            max_header_bytes=_int(env, "ENGINE_MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
+            read_timeout_seconds=_int(env, "ENGINE_READ_TIMEOUT_SECONDS", 10, minimum=1),
+            keepalive_seconds=_int(env, "ENGINE_KEEPALIVE_SECONDS", 5, minimum=1),
+            log_format=_choice(env, "LOG_FORMAT", ("human", "json")),
+            access_log=_flag(env, "ACCESS_LOG", default=True),
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
+            metrics_port=_int(env, "METRICS_PORT", 0),
             refund_failed_jobs=_flag(env, "REFUND_FAILED_JOBS", default=True),
             job_lost_grace_seconds=float(_int(env, "JOB_LOST_GRACE_SECONDS", 600)),
             webhook_secret=env.get("TTT_WEBHOOK_SECRET", "").strip(),

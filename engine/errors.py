@@ -9,6 +9,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+# What a 401 or 403 tells the caller to send: always the header that works on that route.
+USER_AUTH = "Send a user token in the header `Authorization: Bearer <user JWT>`"
+ADMIN_AUTH = "Send the admin key in the `X-API-Key` header (it is never accepted as a Bearer token)"
+VENDED_AUTH = (
+    "Send the token from POST /v1/vend-token in the header `Authorization: Bearer <vended token>`"
+    "; a used or refunded token buys nothing, so vend a new one"
+)
+EITHER_AUTH = (
+    "Send the job's vended token or your user token in the header"
+    " `Authorization: Bearer <vended token or user JWT>`"
+)
+SCOPE_AUTH = (
+    "Send a user token whose `scope` includes ttt:transcribe in the header"
+    " `Authorization: Bearer <user JWT>`"
+)
+USER_MISMATCH = (
+    "Omit userId, or send the user named by the `sub` of the token in"
+    " `Authorization: Bearer <user JWT>`"
+)
+WEBHOOK_AUTH = (
+    "Send the payload's HMAC-SHA256 signature, made with the webhook secret, in the"
+    " `X-TTTranscribe-Signature` header"
+)
+METRICS_AUTH = "Send the metrics token in the header `Authorization: Bearer <METRICS_TOKEN>`"
+
 
 class EngineError(Exception):
     status_code: ClassVar[int] = 500
@@ -24,8 +49,10 @@ class EngineError(Exception):
         headers: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
         code: str | None = None,
+        guidance: str | None = None,
     ) -> None:
         self.text = message or self.message
+        self.guidance_text = guidance or self.guidance
         self.details = dict(details or {})
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
@@ -50,7 +77,7 @@ class Unauthorized(EngineError):
     status_code = 401
     code = "unauthorized"
     message = "Missing or invalid credentials"
-    guidance = "Provide a valid Authorization Bearer token"
+    guidance = USER_AUTH
 
     def __init__(self, message: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="pluct-engine"'})
@@ -68,7 +95,7 @@ class Forbidden(EngineError):
     status_code = 403
     code = "forbidden"
     message = "This token may not do that"
-    guidance = "Use a token with the required scope"
+    guidance = SCOPE_AUTH
 
 
 class NotFound(EngineError):

@@ -96,6 +96,8 @@ def make_settings(
         "ENGINE_STORE_URL": store_url,
         "TTT_BASE": ttt_base,
         "META_FETCH_BASE": ttt_base,
+        # In-process apps stay quiet; the access log is tested against real servers.
+        "ACCESS_LOG": "off",
     }
     return Settings.from_env(env).with_overrides(**overrides)
 

@@ -17,7 +17,7 @@ import pytest
 
 from engine.local import free_port
 from engine.upstream.simulator import BackgroundSimulator
-from tests.test_upstream_health import SimulatorProcess
+from tests.e2e import SimulatorProcess
 
 SECRET = "sim-webhook-secret-0123456789abcdef"
 WEBHOOK_SECRET = "webhook-only-secret-0123456789abcd"

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from engine.domain.ledger import verify
 from engine.store import SQLiteStore
+from engine.store.protocol import StoreUnavailable
+from engine.store.records import Context, GrantOrder
 from engine.store.sqlite_batch import run_batch
 
 
@@ -105,4 +108,57 @@ async def test_writes_wait_for_another_process_holding_the_writer_lock(tmp_path:
         assert sorted(c.count for c in await writes) == list(range(1, 51))
     finally:
         os.close(other_process)
+        await store.close()
+
+
+class _CommitThenRaise:
+    """A connection whose next COMMIT succeeds and then raises, as a flaky commit might."""
+
+    def __init__(self, conn: sqlite3.Connection, code: int) -> None:
+        self._conn = conn
+        self._code = code
+        self.faults = 1
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        cursor = self._conn.execute(sql, *args)
+        if sql == "COMMIT" and self.faults:
+            self.faults -= 1
+            fault = sqlite3.OperationalError("injected: commit raised after it succeeded")
+            fault.sqlite_errorcode = self._code
+            raise fault
+        return cursor
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+
+@pytest.mark.parametrize("code", [sqlite3.SQLITE_BUSY, sqlite3.SQLITE_IOERR])
+@pytest.mark.parametrize("batch_size", [1, 5])
+async def test_a_commit_that_raises_after_success_is_never_applied_twice(
+    tmp_path: Path, code: int, batch_size: int
+) -> None:
+    store = SQLiteStore(tmp_path / "store.db")
+    await store.open()
+    try:
+        await store.grant(GrantOrder("ann", 100, "seed", "seed", None, Context(), 1e9))
+        faulty = _CommitThenRaise(store._inline_connection(), code)
+        store._batch._inline = lambda: faulty  # type: ignore[assignment,return-value]
+        orders = [
+            GrantOrder("ann", 1, f"g{i}", "grant", None, Context(), 1e9 + i)
+            for i in range(batch_size)
+        ]
+        outcomes = await asyncio.gather(
+            *(store.grant(order) for order in orders), return_exceptions=True
+        )
+        assert faulty.faults == 0
+        # Whatever the callers were told, each grant is in the ledger at most once, and the
+        # balance agrees with the ledger.
+        entries = await store.audit("ann", 500, 0)
+        grants = [e.request_id for e in entries if e.request_id.startswith("g")]
+        assert sorted(grants) == sorted(set(grants))
+        assert len(grants) in {0, batch_size}
+        assert (await verify(store)).ok
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        assert all(isinstance(o, StoreUnavailable) for o in failed), failed
+    finally:
         await store.close()

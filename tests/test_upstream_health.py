@@ -7,10 +7,6 @@ Against real processes: the engine (`LocalEngine`) and the simulator as its own 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,57 +15,11 @@ import pytest
 
 from engine.local import LocalEngine, free_port
 from engine.upstream.simulator import Faults, Stats
-from tests.e2e import audit_trail, balance_of, grant
+from tests.e2e import SimulatorProcess, audit_trail, balance_of, grant, wait_for
 from tests.spec_check import SpecRecorder
 
 pytestmark = pytest.mark.server
 VIDEO = "https://www.tiktok.com/@creator/video/7300000000000000042"
-DEADLINE_SECONDS = 15.0
-
-
-class SimulatorProcess:
-    """`pluct-engine simulator` as a separate process on a fixed loopback port."""
-
-    def __init__(self, port: int, secret: str, webhook_url: str = "") -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self._secret = secret
-        self._webhook = ["--webhook-url", webhook_url] if webhook_url else []
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> SimulatorProcess:
-        env = {**os.environ, "TTT_SHARED_SECRET": self._secret}
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "engine", "simulator", "--port", str(self.port), *self._webhook],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: self._answers(), "the simulator to listen")
-        return self
-
-    def _answers(self) -> bool:
-        try:
-            return httpx.get(self.url + "/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def control(self, path: str, body: dict[str, Any]) -> None:
-        headers = {"X-Engine-Auth": self._secret}
-        httpx.post(self.url + path, json=body, headers=headers, timeout=5).raise_for_status()
-
-    def kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(timeout=10)
-
-
-def wait_for(condition: Callable[[], bool], what: str, deadline: float = DEADLINE_SECONDS) -> None:
-    """Poll a condition until the deadline (the deadline is the requirement, not a sleep)."""
-    end = time.monotonic() + deadline
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ import msgspec
 
 from engine.config import Settings
 from engine.domain.idempotency import fingerprint, scoped_key
-from engine.domain.ratelimit import RateLimiter, RateState
+from engine.domain.ratelimit import WINDOW_SECONDS, RateLimiter, RateState, refusal_subject
 from engine.domain.tokens import TRANSCRIBE_SCOPE, TokenAuthority, UserPrincipal, require_scope
 from engine.errors import (
+    USER_MISMATCH,
     Conflict,
     Forbidden,
     Gone,
@@ -33,6 +34,7 @@ from engine.store.records import (
     GrantOrder,
     GrantReceipt,
     RefundOrder,
+    RefusalOrder,
     VendOrder,
     VendReceipt,
     vend_request_id,
@@ -42,6 +44,10 @@ Clock = Callable[[], float]
 # A vend's body holds nothing that changes its outcome (a `userId` must match the token), so
 # every keyed vend has this one fingerprint; hashed once rather than on every vend.
 _VEND_FINGERPRINT = fingerprint(b"vend-token")
+
+
+# 403-refused vends kept in the ledger per user per minute; the rest are counted, not kept.
+REFUSALS_KEPT_PER_MINUTE = 10
 
 
 def new_request_id() -> str:
@@ -85,9 +91,17 @@ class CreditService:
         context: Context,
     ) -> Vended:
         """Spend one credit for a vended token; a replayed key returns the first token."""
-        require_scope(user, TRANSCRIBE_SCOPE)
-        if claimed_user_id is not None and claimed_user_id != user.user_id:
-            raise Forbidden("Body userId does not match the token subject", code="user_mismatch")
+        try:
+            require_scope(user, TRANSCRIBE_SCOPE)
+            if claimed_user_id is not None and claimed_user_id != user.user_id:
+                raise Forbidden(
+                    "Body userId does not match the token subject",
+                    code="user_mismatch",
+                    guidance=USER_MISMATCH,
+                )
+        except Forbidden as refusal:
+            await self._audit_refusal(user, refusal, context)
+            raise
         now = self._clock()
         minted = self._tokens.mint_vended(user.user_id, now)
         idempotency = scoped_key(
@@ -130,6 +144,23 @@ class CreditService:
             user.user_id, receipt.jti, receipt.issued_at, receipt.expires_at
         )
         return Vended(token, receipt, True, rate)
+
+    async def _audit_refusal(
+        self, user: UserPrincipal, refusal: Forbidden, context: Context
+    ) -> None:
+        """A vend refused with 403 leaves its `vend_refused` entry like any refused vend.
+
+        Counted in a window of its own first: past `REFUSALS_KEPT_PER_MINUTE` in a minute
+        the further 403s of that user are counted there but not kept, so a stream of them
+        cannot grow the ledger without bound (and does not use up the user's rate limit).
+        """
+        now = self._clock()
+        counted = await self._store.hit_window(refusal_subject(user.user_id), WINDOW_SECONDS, now)
+        if counted.count > REFUSALS_KEPT_PER_MINUTE:
+            return
+        await self._store.record_refusal(
+            RefusalOrder(user.user_id, new_request_id(), refusal.error_code, context, now)
+        )
 
     async def grant(
         self,

@@ -14,13 +14,13 @@ import re
 from engine.errors import InvalidRequest
 from engine.store.records import IdempotencyKey
 
-_CLIENT_KEY = re.compile(r"^[A-Za-z0-9._:~+=/@|-]{1,128}$")
+_CLIENT_KEY = re.compile(r"[A-Za-z0-9._:~+=/@|-]{1,128}")
 
 
 def client_key(body_key: str | None, header_key: str | None) -> str | None:
     """The key to use; either one, when present, must be well formed."""
     for name, value in (("clientRequestId", body_key), ("X-Client-Request-Id", header_key)):
-        if value is not None and not _CLIENT_KEY.match(value):
+        if value is not None and not _CLIENT_KEY.fullmatch(value):
             raise InvalidRequest(
                 f"{name} must be 1-128 characters from A-Z a-z 0-9 . _ : ~ + = / @ | -",
                 code="invalid_idempotency_key",

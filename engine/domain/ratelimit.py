@@ -17,6 +17,21 @@ from engine.store.records import RateWindow, WindowCount
 
 WINDOW_SECONDS = 60
 POLICY_NAME = "per-user"
+# Unauthenticated windows are named `ip|<address>`: `|` is in no user id (`domain/ids.py`), so
+# a user who calls themselves `ip:127.0.0.1` can never count in (or exhaust) that address's
+# `/meta` window, nor the address in theirs.
+_IP_NAMESPACE = "ip|"
+
+
+def ip_subject(address: str) -> str:
+    """The rate-limit subject of an unauthenticated client address."""
+    return _IP_NAMESPACE + address
+
+
+def refusal_subject(user_id: str) -> str:
+    """The window counting a user's 403-refused vends (not their rate window: a refusal does
+    not use up the user's requests)."""
+    return "refused|" + user_id
 
 
 class RateState(msgspec.Struct, frozen=True):

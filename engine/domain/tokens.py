@@ -13,7 +13,6 @@ import binascii
 import hashlib
 import hmac
 import os
-import re
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ import jwt
 import msgspec
 
 from engine.config import Settings
+from engine.domain.ids import is_valid_id
 from engine.errors import Forbidden, Unauthorized
 
 TRANSCRIBE_SCOPE = "ttt:transcribe"
@@ -28,7 +28,15 @@ VEND_KID = "vend"
 VEND_ISSUER = "pluct-engine"
 VEND_AUDIENCE = "pluct-engine:ttt"
 VERIFIED_CACHE_SIZE = 50_000
-_SUBJECT = re.compile(r"^[A-Za-z0-9._:@|+-]{1,128}$")
+# Bytes of token text the verified-token cache may hold (the count bound alone let 50,000
+# tokens of up to MAX_TOKEN_BYTES each pin ~400 MB); the whole cache is dropped past it.
+VERIFIED_CACHE_BYTES = 16 * 1024 * 1024
+# Far above any real token (the app's are ~250 bytes), refused before any decoding.
+MAX_TOKEN_BYTES = 8 * 1024
+# NumericDates are integers from the epoch to the end of year 9999: an `exp` of 10**400 made
+# `float()` overflow (a 500), and PyJWT's own check took `"exp": "1700000000"` as a date.
+MAX_NUMERIC_DATE = 253_402_300_799
+_DATE_CLAIMS = ("exp", "iat", "nbf")
 
 
 class UserPrincipal(msgspec.Struct, frozen=True):
@@ -87,9 +95,33 @@ def _scopes(raw: Any) -> frozenset[str]:
     return frozenset()
 
 
+def _refuse_oversized(token: str) -> None:
+    if len(token) > MAX_TOKEN_BYTES:
+        raise Unauthorized(
+            f"Token is longer than {MAX_TOKEN_BYTES} bytes",
+            code="invalid_token",
+            details={"maxTokenBytes": MAX_TOKEN_BYTES},
+        )
+
+
+def _numeric_dates(claims: dict[str, Any]) -> dict[str, int]:
+    """The claims' NumericDates, each an integer in range (`bool` is an int in Python)."""
+    dates: dict[str, int] = {}
+    for name in _DATE_CLAIMS:
+        value = claims.get(name)
+        if value is None and name not in claims:
+            continue
+        if type(value) is not int or not 0 <= value <= MAX_NUMERIC_DATE:
+            raise Unauthorized(
+                f"Token claim {name!r} is not an integer NumericDate", code="invalid_token"
+            )
+        dates[name] = value
+    return dates
+
+
 def _subject(claims: dict[str, Any]) -> str:
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not _SUBJECT.match(sub):
+    if not isinstance(sub, str) or not is_valid_id(sub):
         raise Unauthorized("Token subject is not a valid user id", code="invalid_token")
     return sub
 
@@ -106,6 +138,7 @@ class TokenAuthority:
         self._jwt = jwt.PyJWT()
         self._vend_signer = _HS256Signer(self._vend_key, {"kid": VEND_KID, "typ": "JWT"})
         self._verified: dict[str, tuple[UserPrincipal, float]] = {}
+        self.cached_bytes = 0  # token text held by `_verified`
 
     # -- minting -------------------------------------------------------------------------
     def mint_user(self, user_id: str, scopes: str, ttl_seconds: int, now: float) -> str:
@@ -144,21 +177,37 @@ class TokenAuthority:
         return self._vend_signer.sign(msgspec.json.encode(claims))
 
     # -- verification --------------------------------------------------------------------
-    def _decode(self, token: str, key: bytes, **options: Any) -> dict[str, Any]:
+    def _decode(
+        self, token: str, key: bytes, *, check_iat: bool = False, **options: Any
+    ) -> dict[str, Any]:
+        """Signature and claims; the dates are checked here rather than by PyJWT, which
+        converts them with `int()` (a string passes) and fails on one too large for a float.
+        """
+        flags: Any = {
+            **options.pop("options", {}),
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
+        }
         try:
-            return self._jwt.decode(
-                token, key, algorithms=["HS256"], leeway=self._leeway, **options
+            claims: dict[str, Any] = self._jwt.decode(
+                token, key, algorithms=["HS256"], options=flags, **options
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("Token has expired", code="token_expired") from None
-        except jwt.ImmatureSignatureError:
-            raise Unauthorized("Token is not valid yet", code="invalid_token") from None
         except jwt.MissingRequiredClaimError as exc:
             raise Unauthorized(
                 f"Token lacks the {exc.claim!r} claim", code="invalid_token"
             ) from None
         except jwt.InvalidTokenError:
             raise Unauthorized("Invalid or expired token", code="invalid_token") from None
+        dates = _numeric_dates(claims)
+        now = time.time()
+        if "exp" in dates and dates["exp"] <= now - self._leeway:
+            raise Unauthorized("Token has expired", code="token_expired")
+        if "nbf" in dates and dates["nbf"] > now + self._leeway:
+            raise Unauthorized("Token is not valid yet", code="invalid_token")
+        if check_iat and "iat" in dates and dates["iat"] > now + self._leeway:
+            raise Unauthorized("Token is not valid yet", code="invalid_token")
+        return claims
 
     def verify_user(self, token: str) -> UserPrincipal:
         """A user token: `sub` and `exp` required, `aud` absent or the app's, any `iat`.
@@ -170,10 +219,16 @@ class TokenAuthority:
         cached = self._verified.get(token)
         if cached is not None and time.time() < cached[1] + self._leeway:
             return cached[0]
+        _refuse_oversized(token)
         principal, expires = self._verify_user(token)
-        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+        if (
+            len(self._verified) >= VERIFIED_CACHE_SIZE
+            or self.cached_bytes + len(token) > VERIFIED_CACHE_BYTES
+        ):
             self._verified.clear()
+            self.cached_bytes = 0
         self._verified[token] = (principal, expires)
+        self.cached_bytes += len(token)
         return principal
 
     def _verify_user(self, token: str) -> tuple[UserPrincipal, float]:
@@ -195,9 +250,11 @@ class TokenAuthority:
         return principal, float(claims["exp"])
 
     def verify_vended(self, token: str) -> VendedPrincipal:
+        _refuse_oversized(token)
         claims = self._decode(
             token,
             self._vend_key,
+            check_iat=True,
             audience=VEND_AUDIENCE,
             issuer=VEND_ISSUER,
             options={"require": ["exp", "sub", "jti", "iat"]},
@@ -209,6 +266,8 @@ class TokenAuthority:
 
     def is_vended(self, token: str) -> bool:
         """Which key to try, from the unverified header; the signature decides the rest."""
+        if len(token) > MAX_TOKEN_BYTES:
+            return False  # refused by `verify_user`, before any decoding
         try:
             return jwt.get_unverified_header(token).get("kid") == VEND_KID
         except jwt.InvalidTokenError:

@@ -19,7 +19,7 @@ from typing import Any
 from engine.config import Settings
 from engine.domain.credits import Clock
 from engine.domain.transcription import JOB_RETENTION_SECONDS, TranscriptionService
-from engine.errors import Conflict, EngineError, NotFound, Unauthorized
+from engine.errors import WEBHOOK_AUTH, Conflict, EngineError, NotFound, Unauthorized
 from engine.store.protocol import Store
 from engine.store.records import JobRecord, StoredResponse
 from engine.upstream.client import TTTClient
@@ -50,7 +50,9 @@ def idempotency_key(job_id: str, status: str, timestamp: str) -> str:
 
 
 def _invalid() -> Unauthorized:
-    return Unauthorized("The webhook signature does not verify", code="invalid_signature")
+    return Unauthorized(
+        "The webhook signature does not verify", code="invalid_signature", guidance=WEBHOOK_AUTH
+    )
 
 
 class WebhookService:

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import httpx
 from litestar import Litestar
@@ -25,6 +26,7 @@ from engine.http.controllers.admin import AdminController
 from engine.http.controllers.credits import CreditsController
 from engine.http.controllers.health import HealthController
 from engine.http.controllers.metadata import MetadataController
+from engine.http.controllers.metrics import metrics_route
 from engine.http.controllers.spec import openapi_spec
 from engine.http.controllers.transcription import TranscriptionController
 from engine.http.controllers.vend import VendController
@@ -33,6 +35,9 @@ from engine.http.cors import cors_config, drop_unlisted_origins
 from engine.http.dependencies import provide_services
 from engine.http.errors import handle_exception
 from engine.http.head import head_as_get
+from engine.observability.access import Observed
+from engine.observability.logs import AccessLog, configure_logging
+from engine.observability.metrics import Metrics, TimedStore, observe_upstream
 from engine.services import Services
 from engine.store import Store, StoreUnavailable, store_from_url
 
@@ -61,7 +66,12 @@ def create_app(
     settings = settings or Settings.from_env()
     owns_store = store is None
     store = store or store_from_url(settings.store_url)
+    metrics = Metrics() if settings.metrics_token or settings.metrics_port else None
+    if metrics is not None:
+        store = cast(Store, TimedStore(store, metrics))
     services = Services.build(settings, store, clock, transport)
+    if metrics is not None:
+        observe_upstream(services.ttt.breaker, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -79,6 +89,8 @@ def create_app(
             await services.aclose()
             if owns_store:
                 await services.store.close()
+            if metrics is not None:
+                metrics.flush()
 
     app = Litestar(
         route_handlers=[
@@ -90,11 +102,12 @@ def create_app(
             TranscriptionController,
             MetadataController,
             openapi_spec,
+            metrics_route,
         ],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers={Exception: handle_exception},
         lifespan=[lifespan],
-        state=State({"services": services}),
+        state=State({"services": services, "metrics": metrics}),
         openapi_config=None,
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
@@ -102,12 +115,17 @@ def create_app(
     )
     # Both act before routing, so they wrap the root handler (CORS middleware included).
     app.asgi_handler = head_as_get(drop_unlisted_origins(app.asgi_handler, app.cors_config))
+    # Outside everything else, so every answer (404s, 500s, CORS refusals) is logged once.
+    access_log = AccessLog(settings.log_format == "json") if settings.access_log else None
+    app.asgi_handler = Observed(app.asgi_handler, access_log, metrics)
     return app
 
 
 def create_server_app() -> Litestar:
     """What `pluct-engine serve` runs in each worker: `create_app()` plus process tuning."""
-    app = create_app()
+    settings = Settings.from_env()
+    configure_logging(settings.log_format == "json")
+    app = create_app(settings)
     app.on_startup.append(_freeze_heap)
     return app
 

@@ -11,9 +11,9 @@ from typing import Annotated
 import msgspec
 from msgspec import UNSET, UnsetType
 
-UserId = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@|+-]+$")
-]
+from engine.domain.ids import ID_MAX_LENGTH, ID_PATTERN
+
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 Reason = Annotated[str, msgspec.Meta(max_length=500)]
 ClientKey = Annotated[str, msgspec.Meta(max_length=128)]
 
@@ -46,7 +46,7 @@ class TranscribeRequest(Body, kw_only=True):
 
 class RefundRequest(Body, kw_only=True):
     user_id: UserId
-    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    request_id: UserId  # a vend's `req_<hex>`: the same characters as a user id
     reason: Reason = "Refund"
 
 
@@ -95,6 +95,7 @@ class AuditEntryBody(Body, kw_only=True):
     user_agent: str
     at: str
     reason: str = ""
+    http_request_id: str = ""
 
 
 class RefundResponse(Body, kw_only=True):
@@ -122,6 +123,7 @@ class StoreHealth(Body, kw_only=True):
     backend: str
     reachable: bool
     latency_ms: float
+    problem: str | UnsetType = UNSET  # why a reachable store cannot serve
 
 
 class Connectivity(Body, kw_only=True):

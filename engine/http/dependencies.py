@@ -16,7 +16,8 @@ from litestar.di import NamedDependency
 
 from engine.domain.ratelimit import RateState
 from engine.domain.tokens import UserPrincipal
-from engine.errors import InvalidRequest, PayloadTooLarge, Unauthorized
+from engine.errors import ADMIN_AUTH, USER_AUTH, InvalidRequest, PayloadTooLarge, Unauthorized
+from engine.observability.context import current_request_id, note_user
 from engine.services import Services
 from engine.store.records import Context
 
@@ -55,7 +56,8 @@ def header(request: AnyRequest, name: bytes) -> str | None:
     return None
 
 
-def bearer_token(request: AnyRequest) -> str:
+def bearer_token(request: AnyRequest, guidance: str = USER_AUTH) -> str:
+    """`guidance` names the token that works on the route (user, vended, either)."""
     authorization = header(request, b"authorization") or ""
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
@@ -63,6 +65,7 @@ def bearer_token(request: AnyRequest) -> str:
         raise Unauthorized(
             "Authorization header required",
             details={"providedAuth": bool(authorization)},
+            guidance=guidance,
         )
     return token
 
@@ -72,6 +75,7 @@ def context_of(request: AnyRequest) -> Context:
     return Context(
         ip=client[0] if client else "",
         user_agent=(header(request, b"user-agent") or "")[:256],
+        http_request_id=current_request_id(),
     )
 
 
@@ -79,6 +83,7 @@ async def provide_rate_limited_user(
     request: AnyRequest, services: NamedDependency[Services]
 ) -> Caller:
     principal = services.tokens.verify_user(bearer_token(request))
+    note_user(principal.user_id)
     rate = await services.limiter.hit(principal.user_id, services.clock())
     return Caller(principal, rate)
 
@@ -92,6 +97,7 @@ async def provide_admin(request: AnyRequest, services: NamedDependency[Services]
             "Missing or invalid admin authentication",
             details={"providedAuth": {"hasApiKey": bool(supplied)}},
             headers={"WWW-Authenticate": 'ApiKey header="X-API-Key"'},
+            guidance=ADMIN_AUTH,
         )
 
 

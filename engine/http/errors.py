@@ -9,7 +9,6 @@ from a library, no 500 for bad input.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import msgspec
@@ -26,6 +25,7 @@ from engine.errors import (
     ServiceUnavailable,
 )
 from engine.http.responses import PreparedJSON
+from engine.observability.context import current_request_id, note_error
 from engine.store.protocol import StoreUnavailable
 
 log = logging.getLogger("engine.http")
@@ -46,13 +46,15 @@ class _Envelope(Response[bytes]):
 
 
 def _envelope(error: EngineError) -> Response[bytes]:
+    """`requestId` is the request's own id, the one in `X-Request-Id` and its log lines."""
+    note_error(error.error_code)
     body: dict[str, Any] = {
         "ok": False,
         "code": error.error_code,
         "message": error.text,
         "details": error.details,
-        "guidance": error.guidance,
-        "requestId": "err_" + os.urandom(16).hex(),
+        "guidance": error.guidance_text,
+        "requestId": current_request_id(),
         **error.extra,
     }
     return _Envelope(
@@ -93,6 +95,9 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     elif isinstance(exc, HTTPException):
         error = _from_litestar(request, exc)
     else:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        # The route template, never the raw path: that is user text (see observability.logs).
+        log.exception(
+            "unhandled error on %s %s", request.method, request.scope.get("path_template")
+        )
         error = EngineError()
     return _envelope(error)

@@ -28,6 +28,10 @@ def head_as_get(app: ASGIApp) -> ASGIApp:
             await send(message)
 
         get_scope: Any = {**scope, "method": "GET"}
-        await app(get_scope, receive, send_without_body)
+        try:
+            await app(get_scope, receive, send_without_body)
+        finally:  # the route it matched, for the access log and metrics around this handler
+            if "path_template" in get_scope:
+                scope["path_template"] = get_scope["path_template"]
 
     return handle

@@ -22,6 +22,7 @@ from engine.store.records import (
     LedgerRow,
     RefundOrder,
     RefundOutcome,
+    RefusalOrder,
     SpendOutcome,
     StoredResponse,
     VendOrder,
@@ -35,6 +36,9 @@ class StoreUnavailable(Exception):
 
 class Store(Protocol):
     backend: str
+    # Why a store that answers cannot serve ("" while it can): Redis refusing writes (OOM,
+    # MISCONF), a corrupt SQLite file.  Set by the operation that met it; `/health` reports it.
+    degraded: str
 
     async def open(self) -> None:
         """Create schema or load scripts; called once before serving."""
@@ -49,12 +53,21 @@ class Store(Protocol):
         """One vend attempt in one atomic step: count it against the rate window, then spend
         one credit with its audit entry and idempotency record.
 
-        Past the rate limit it records a `vend_rate_limited` entry; a replayed key returns the
-        original receipt and charges nothing; a key reused with a different fingerprint is a
-        key_conflict; a zero balance records one `vend_refused` entry.
+        Past the rate limit it records a `vend_rate_limited` entry for the window's first
+        refusal only; a replayed key returns the original receipt and charges nothing; a key
+        reused with a different fingerprint is a key_conflict; a zero balance records one
+        `vend_refused` entry, or, for a user without an account, counts in the refusal tally.
         """
 
     async def grant(self, order: GrantOrder) -> GrantOutcome: ...
+
+    async def record_refusal(self, order: RefusalOrder) -> AuditEntry | None:
+        """Append one `vend_refused` entry (delta 0, the user's balance) for a vend refused
+        before its spend; balance read and entry written in one atomic step.  A user without
+        an account is counted in the minute's refusal tally instead (None)."""
+
+    async def refusal_tally(self, minute: int) -> dict[str, int]:
+        """Refusals of users without an account in one minute (epoch // 60), by reason."""
 
     async def refund(self, order: RefundOrder) -> RefundOutcome:
         """Give back the credit of one vend, at most once; never for a vend whose token bought a

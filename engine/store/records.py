@@ -26,6 +26,9 @@ class Context(msgspec.Struct, frozen=True):
 
     ip: str = ""
     user_agent: str = ""
+    # The HTTP request id (`X-Request-Id`) that caused the entry: for correlating the audit
+    # with the access log.  Never a ledger key: a vend is named by its own `request_id`.
+    http_request_id: str = ""
 
 
 class IdempotencyKey(msgspec.Struct, frozen=True):
@@ -51,6 +54,8 @@ class AuditEntry(msgspec.Struct, frozen=True, rename="camel"):
     user_agent: str
     at: str
     reason: str = ""
+    # Additive, with a default: entries written before it existed read as "".
+    http_request_id: str = ""
 
 
 class RateWindow(msgspec.Struct, frozen=True):
@@ -119,6 +124,22 @@ class GrantOrder(msgspec.Struct, frozen=True):
     request_id: str
     reason: str
     idempotency: IdempotencyKey | None
+    context: Context
+    now: float
+
+
+# Refusals of users without an account (no credits, ever) are all counted in a per-minute
+# tally; only this many a minute, across all such users, also get a ledger entry of their own.
+UNFUNDED_REFUSALS_KEPT_PER_MINUTE = 100
+
+
+class RefusalOrder(msgspec.Struct, frozen=True):
+    """A vend refused before it reached the spend (403: another user's id, a missing scope);
+    recorded as a `vend_refused` entry so that every refused vend leaves one."""
+
+    user_id: str
+    request_id: str
+    reason: str
     context: Context
     now: float
 

@@ -23,6 +23,7 @@ automatically (`NO_RETRY`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -41,6 +42,7 @@ from engine.store import redis_archive
 from engine.store import redis_scripts as lua
 from engine.store.protocol import StoreUnavailable
 from engine.store.records import (
+    UNFUNDED_REFUSALS_KEPT_PER_MINUTE,
     AuditEntry,
     BalanceView,
     Context,
@@ -50,6 +52,7 @@ from engine.store.records import (
     IdempotencyKey,
     RefundOrder,
     RefundOutcome,
+    RefusalOrder,
     SpendOutcome,
     StoredResponse,
     VendOrder,
@@ -74,6 +77,9 @@ REPLY_TIMEOUT_SECONDS = 5.0
 # running a spend twice would charge twice.  The caller gets a 503; its idempotency key is what
 # makes its own retry safe.
 NO_RETRY = Retry(NoBackoff(), 0)
+# Error replies of a Redis that answers but refuses every write.
+_REFUSES_WRITES = ("OOM command not allowed", "MISCONF")
+_WRITE_PROBE_KEY = "engine:write-probe"
 
 
 def _idem_key(user_id: str, key: IdempotencyKey | None) -> str:
@@ -104,8 +110,13 @@ def _entry_fields(user_id: str, request_id: str, context: Context, at: str) -> b
             "ip": context.ip,
             "userAgent": context.user_agent,
             "at": at,
+            "httpRequestId": context.http_request_id,
         }
     )[1:-1]
+
+
+def _tally_key(minute: int) -> str:
+    return f"refusals:{minute}"
 
 
 def _ms(epoch_seconds: float) -> int:
@@ -121,6 +132,7 @@ class RedisStore(RedisJobs, RedisHistory):
     def __init__(self, url: str, archive: redis_archive.ArchiveSettings | None = None) -> None:
         """`archive`: where and when history leaves RAM (`redis_archive`); None keeps it."""
         self.url = url
+        self.degraded = ""
         self._archive_settings = archive
         self._archive = redis_archive.Archive(archive.path) if archive else None
         self._archiver: asyncio.Task[None] | None = None
@@ -156,6 +168,7 @@ class RedisStore(RedisJobs, RedisHistory):
         self._spend = self._redis.register_script(lua.SPEND)
         self._grant = self._redis.register_script(lua.GRANT)
         self._refund = self._redis.register_script(lua.REFUND)
+        self._refuse = self._redis.register_script(lua.REFUSE)
         self._ledger_head = self._redis.register_script(lua.LEDGER_HEAD)
         self._hit = self._redis.register_script(lua.HIT_WINDOW)
         self._remember = self._redis.register_script(lua.REMEMBER)
@@ -189,15 +202,23 @@ class RedisStore(RedisJobs, RedisHistory):
         async with self._in_flight:
             return await self._guard(reply())
 
-    @staticmethod
-    async def _guard(reply: Awaitable[Any]) -> Any:
-        """Redis being unreachable or not ready is a `StoreUnavailable` (the API's 503)."""
+    async def _guard(self, reply: Awaitable[Any]) -> Any:
+        """Redis being unreachable or not ready is a `StoreUnavailable` (the API's 503).
+
+        So is a Redis that answers but refuses writes: past `maxmemory` (OOM) or after a
+        failed snapshot or AOF write (MISCONF).  Redis refuses a script's first write, so
+        nothing of it was applied; the store is `degraded` until a write succeeds (`ping`).
+        """
         try:
             return await reply
         except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         except ResponseError as exc:
-            if "LOADING" in str(exc) or "MASTERDOWN" in str(exc) or "READONLY" in str(exc):
+            text = str(exc)
+            if any(reason in text for reason in _REFUSES_WRITES):
+                self.degraded = f"redis refuses writes: {text[:160]}"
+                raise StoreUnavailable(f"redis: {text}") from exc
+            if "LOADING" in text or "MASTERDOWN" in text or "READONLY" in text:
                 raise StoreUnavailable(f"redis: {exc}") from exc
             raise
 
@@ -231,6 +252,11 @@ class RedisStore(RedisJobs, RedisHistory):
             await self._call("PING")
         except StoreUnavailable:
             return False
+        if self.degraded:
+            # PING passes under OOM and MISCONF; only a write tells when writes work again.
+            with contextlib.suppress(StoreUnavailable):
+                await self._call("SET", _WRITE_PROBE_KEY, "1", "PX", "10000")
+                self.degraded = ""
         return True
 
     # -- credits -------------------------------------------------------------------------
@@ -271,6 +297,12 @@ class RedisStore(RedisJobs, RedisHistory):
             ],
         )
         status = _text(status)
+        if status == "unfunded":
+            status = "insufficient"
+            if await self._tally("insufficient_credits", order.now):
+                await self._refusal_entry(
+                    order.user_id, order.request_id, "insufficient_credits", order.context, at
+                )
         window = WindowCount(int(counted), reset_at) if rate else None
         if status == "replayed":
             receipt = _vend_receipt.decode(payload)
@@ -342,6 +374,49 @@ class RedisStore(RedisJobs, RedisHistory):
         if status != "refunded":
             return RefundOutcome(status)
         return RefundOutcome(status, _entry_at(entry_id, entry))
+
+    async def _tally(self, reason: str, now: float) -> bool:
+        """Count a refusal of a user without an account in the minute's tally; True while the
+        minute keeps entries of its own for them (see `UNFUNDED_REFUSALS_KEPT_PER_MINUTE`).
+        A command of its own: the tally is one key for all users, in no user's slot."""
+        counted = await self._call("HINCRBY", _tally_key(int(now // 60)), reason, 1)
+        return int(counted) <= UNFUNDED_REFUSALS_KEPT_PER_MINUTE
+
+    async def _refusal_entry(
+        self,
+        user_id: str,
+        request_id: str,
+        reason: str,
+        context: Context,
+        at: str,
+        keep: bool = True,
+    ) -> AuditEntry | None:
+        user = _user(user_id)
+        entry_id, entry = await self._run(
+            self._refuse,
+            [user + ":bal", user + ":ledger"],
+            [
+                _encode(reason),
+                _entry_fields(user_id, request_id, context, at),
+                "1" if keep else "0",
+            ],
+        )
+        return _entry_at(entry_id, entry) if entry_id else None
+
+    async def refusal_tally(self, minute: int) -> dict[str, int]:
+        raw = await self._call("HGETALL", _tally_key(minute))
+        if isinstance(raw, dict):
+            return {_text(k): int(v) for k, v in raw.items()}
+        pairs = list(raw or [])
+        return {_text(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+
+    async def record_refusal(self, order: RefusalOrder) -> AuditEntry | None:
+        at = iso(order.now)
+        args = (order.user_id, order.request_id, order.reason, order.context, at)
+        entry = await self._refusal_entry(*args, keep=False)
+        if entry is None and await self._tally(order.reason, order.now):
+            entry = await self._refusal_entry(*args)
+        return entry
 
     async def balance(self, user_id: str) -> BalanceView:
         values = await self._call("HMGET", _user(user_id) + ":bal", "balance", "updated_at")

@@ -63,7 +63,10 @@ if tonumber(ARGV[8]) > 0 then
   if window == 1 then redis.call('PEXPIREAT', KEYS[4], ARGV[9]) end
   if window > tonumber(ARGV[8]) then
     local current = balance()
-    append('vend_rate_limited', 0, current, '"rate_limit_exceeded"', ARGV[1])
+    -- Only the window's first refusal is kept; its count says how many followed.
+    if window == tonumber(ARGV[8]) + 1 then
+      append('vend_rate_limited', 0, current, '"rate_limit_exceeded"', ARGV[1])
+    end
     return {'rate_limited', tostring(current), window}
   end
 end
@@ -74,8 +77,11 @@ if ARGV[5] == '1' then
     return {'replayed', receipt, window}
   end
 end
-local current = balance()
+local stored = redis.call('HGET', KEYS[1], 'balance')
+local current = tonumber(stored or '0')
 if current <= 0 then
+  -- No account, so no credits ever: the caller counts it in the minute's tally instead.
+  if not stored then return {'unfunded', '0', window} end
   append('vend_refused', 0, current, '"insufficient_credits"', ARGV[1])
   return {'insufficient', tostring(current), window}
 end
@@ -203,3 +209,16 @@ RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# KEYS: balance, ledger.  ARGV: reason (a JSON string), entry fields, keep ('1': even without an
+# account).  A refused vend: the user's balance and one `vend_refused` entry.  Returns
+# {id, entry}, or {0, ''} for a user without an account unless kept (the caller tallies it).
+REFUSE = (
+    _APPEND
+    + """
+local stored = redis.call('HGET', KEYS[1], 'balance')
+if not stored and ARGV[3] ~= '1' then return {0, ''} end
+local id, entry = append('vend_refused', 0, tonumber(stored or '0'), ARGV[1], ARGV[2])
+return {id, entry}
+"""
+)

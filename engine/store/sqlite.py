@@ -37,6 +37,7 @@ from engine.store.records import (
     LedgerChunk,
     RefundOrder,
     RefundOutcome,
+    RefusalOrder,
     SpendOutcome,
     StoredResponse,
     VendOrder,
@@ -57,6 +58,8 @@ STREAM_CACHE_KIB = 64 * 1024
 PURGE_BATCH_ROWS = 256
 PURGE_PAUSE_SECONDS = 0.005
 Connection = sqlite3.Connection
+_CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+_PING = "SELECT 1 FROM sqlite_master LIMIT 1"
 
 
 # Columns added since the first release, which `CREATE TABLE IF NOT EXISTS` cannot add.
@@ -64,7 +67,8 @@ _ADDED_COLUMNS = {
     "accounts": (
         "window_start INTEGER NOT NULL DEFAULT 0",
         "window_count INTEGER NOT NULL DEFAULT 0",
-    )
+    ),
+    "ledger": ("http_request_id TEXT NOT NULL DEFAULT ''",),
 }
 
 
@@ -91,6 +95,7 @@ class SQLiteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.degraded = ""  # why the file cannot serve (corrupt), "" while it can
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
         self._local = threading.local()
@@ -127,22 +132,41 @@ class SQLiteStore:
             conn = self._local.conn = self._connect(busy_timeout_ms=30_000)
         return conn
 
+    def _check_corrupt(self, exc: sqlite3.DatabaseError) -> None:
+        """A corrupt file (or one that is not a database) is a 503, never a 500, and marks the
+        store degraded for `/health`: corruption does not heal, so it stays until restart."""
+        if exc.sqlite_errorcode & 0xFF in _CORRUPT:
+            self.degraded = f"sqlite file unusable: {exc}"
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+
     async def _write(self, operation: Callable[[Connection], T]) -> T:
-        return cast(T, await self._batch.submit(operation))
+        try:
+            return cast(T, await self._batch.submit(operation))
+        except sqlite3.DatabaseError as exc:
+            self._check_corrupt(exc)
+            raise
 
     async def _read(self, query: Callable[[Connection], T]) -> T:
         """Inline; a WAL reader waits only in rare recovery cases, and then on a thread."""
         try:
             return query(self._inline_connection())
         except sqlite3.OperationalError as exc:
+            self._check_corrupt(exc)
             if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                 raise StoreUnavailable(f"sqlite: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            self._check_corrupt(exc)
+            raise
 
         def in_thread() -> T:
             try:
                 return query(self._thread_connection())
             except sqlite3.OperationalError as exc:
+                self._check_corrupt(exc)
                 raise StoreUnavailable(f"sqlite: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                self._check_corrupt(exc)
+                raise
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, in_thread)
 
@@ -237,7 +261,9 @@ class SQLiteStore:
 
     async def ping(self) -> bool:
         try:
-            await self._read(lambda conn: ops.one(conn.execute("SELECT 1")))
+            # The schema, not a constant: `SELECT 1` reads no page, so it passed on a file
+            # that was no longer a database.
+            await self._read(lambda conn: ops.one(conn.execute(_PING)))
         except StoreUnavailable:
             return False
         return True
@@ -252,6 +278,12 @@ class SQLiteStore:
     async def refund(self, order: RefundOrder) -> RefundOutcome:
         jti = token_of_vend(order.vend_request_id)
         return await self._write(lambda conn: jobs.refund_unused(conn, order, jti))
+
+    async def record_refusal(self, order: RefusalOrder) -> AuditEntry | None:
+        return await self._write(lambda conn: ops.record_refusal(conn, order))
+
+    async def refusal_tally(self, minute: int) -> dict[str, int]:
+        return await self._read(lambda conn: ops.refusal_tally(conn, minute))
 
     async def balance(self, user_id: str) -> BalanceView:
         def read(conn: Connection) -> BalanceView:

@@ -38,6 +38,22 @@ Outcome = tuple[bool, Any]  # (succeeded, result or exception)
 Batch = LoopBatch[Operation]
 
 
+class CommitUncertain(Exception):
+    """COMMIT raised.  The batch may be durable or not (a commit can fail after its WAL frames
+    are written), so it is never run again: re-running it applied every operation twice.  Its
+    callers get a 503; their idempotency keys make their own retries safe."""
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise CommitUncertain(f"COMMIT failed: {exc}") from exc
+
+
 def run_batch(conn: sqlite3.Connection, operations: list[Operation]) -> list[Outcome]:
     """All operations in one IMMEDIATE transaction.
 
@@ -61,7 +77,7 @@ def run_batch(conn: sqlite3.Connection, operations: list[Operation]) -> list[Out
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    _commit(conn)
     return [(True, result) for result in results]
 
 
@@ -79,7 +95,7 @@ def _run_alone(conn: sqlite3.Connection, operation: Operation) -> Outcome:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    _commit(conn)
     return (True, result)
 
 
@@ -163,9 +179,13 @@ class GroupCommitter:
         """Run `batch` inline while `fd` holds the flock, then let the flock go."""
         try:
             outcomes = run_batch(self._inline(), [operation for operation, _ in batch])
+        except CommitUncertain as exc:
+            self._fail(batch, exc)  # never re-run: it may have been applied
+            return
         except sqlite3.OperationalError as exc:
             # Even under the flock another connection (a `ledger verify`, a checkpoint) can
-            # hold SQLite's lock; nothing was written, so a thread waits for it instead.
+            # hold SQLite's lock; nothing was written (the batch was rolled back, or never
+            # began; a failed COMMIT is `CommitUncertain`), so a thread waits for it instead.
             if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                 self._fail(batch, exc)
                 return

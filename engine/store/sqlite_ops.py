@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from engine.store.records import (
+    UNFUNDED_REFUSALS_KEPT_PER_MINUTE,
     Action,
     AuditEntry,
     Context,
@@ -21,6 +22,7 @@ from engine.store.records import (
     IdempotencyKey,
     RefundOrder,
     RefundOutcome,
+    RefusalOrder,
     SpendOutcome,
     StoredResponse,
     VendOrder,
@@ -30,8 +32,14 @@ from engine.store.records import (
 from engine.timeutil import iso
 
 Connection = sqlite3.Connection
-ENTRY_COLUMNS = "id, user_id, action, delta, balance_after, request_id, ip, user_agent, at, reason"
-_APPEND = f"INSERT INTO ledger ({ENTRY_COLUMNS.removeprefix('id, ')}) VALUES (?,?,?,?,?,?,?,?,?)"
+ENTRY_COLUMNS = (
+    "id, user_id, action, delta, balance_after, request_id, ip, user_agent, at, reason,"
+    " http_request_id"
+)
+_APPEND = (
+    f"INSERT INTO ledger ({ENTRY_COLUMNS.removeprefix('id, ')})"
+    f" VALUES ({','.join('?' * ENTRY_COLUMNS.count(','))})"
+)
 _ACCOUNT = "SELECT balance, window_start, window_count FROM accounts WHERE user_id = ?"
 _SET_WINDOW = "UPDATE accounts SET window_start = ?, window_count = ? WHERE user_id = ?"
 _vend_receipt = msgspec.json.Decoder(VendReceipt)
@@ -74,6 +82,7 @@ def _append(
         context.user_agent,
         at,
         reason,
+        context.http_request_id,
     )
     cursor = conn.execute(_APPEND, values)
     return AuditEntry(cursor.lastrowid or 0, *values)
@@ -215,18 +224,32 @@ def spend(conn: Connection, order: VendOrder) -> SpendOutcome:
         else:
             window = _counted(window, rate.window_seconds, order.now)
             counted = WindowCount(window[1], window[0] + rate.window_seconds)
-    outcome = _charge_or_refuse(conn, order, balance, window, counted)
+    outcome = _charge_or_refuse(conn, order, balance, window, counted, row is not None)
     if outcome.status != "charged" and row is not None and window != (row[1], row[2]):
         conn.execute(_SET_WINDOW, (*window, order.user_id))
     return outcome
 
 
 def _charge_or_refuse(
-    conn: Connection, order: VendOrder, balance: int, window: Window, counted: WindowCount | None
+    conn: Connection,
+    order: VendOrder,
+    balance: int,
+    window: Window,
+    counted: WindowCount | None,
+    funded: bool = True,
 ) -> SpendOutcome:
-    """The vend's outcome once its request is counted; a charge writes `window` too."""
+    """The vend's outcome once its request is counted; a charge writes `window` too.
+
+    Refusals are kept bounded (see `docs/hardening.md`): past the rate limit only the first
+    refusal of each window gets an entry (the window's count says how many followed), and
+    refusals of users without an account (no credits, ever) are counted in the minute's tally,
+    only the minute's first `UNFUNDED_REFUSALS_KEPT_PER_MINUTE` with entries of their own (one
+    client minting fresh user ids wrote 2.1M rows in 5 minutes).
+    """
     at = iso(order.now)
     if order.rate is not None and counted is not None and counted.count > order.rate.limit:
+        if counted.count > order.rate.limit + 1:
+            return SpendOutcome("rate_limited", balance, window=counted)
         _append(
             conn,
             order.user_id,
@@ -262,6 +285,12 @@ def _charge_or_refuse(
                     return SpendOutcome("key_conflict", balance)
                 replayed = _vend_receipt.decode(stored.body)
                 return SpendOutcome("replayed", replayed.balance_after, replayed, counted)
+    if (
+        receipt is None
+        and not funded
+        and not tally_refusal(conn, "insufficient_credits", order.now)
+    ):
+        return SpendOutcome("insufficient", balance, window=counted)
     if receipt is None:
         _append(
             conn,
@@ -284,6 +313,46 @@ def _charge_or_refuse(
         raise RuntimeError("spend ran outside its write transaction")
     _append(conn, order.user_id, Action.VEND, -1, balance - 1, order.request_id, order.context, at)
     return SpendOutcome("charged", balance - 1, receipt, counted)
+
+
+def tally_refusal(conn: Connection, reason: str, now: float) -> bool:
+    """Count one refusal of a user without an account in the minute's tally; True while the
+    minute has kept fewer than `UNFUNDED_REFUSALS_KEPT_PER_MINUTE` entries of its own."""
+    key = (int(now // 60), reason)
+    conn.execute(
+        "INSERT INTO refusal_tallies (minute, reason, count) VALUES (?, ?, 1)"
+        " ON CONFLICT (minute, reason) DO UPDATE SET count = count + 1",
+        key,
+    )
+    counted = one(
+        conn.execute("SELECT count FROM refusal_tallies WHERE minute = ? AND reason = ?", key)
+    )
+    return int(counted[0]) <= UNFUNDED_REFUSALS_KEPT_PER_MINUTE
+
+
+def refusal_tally(conn: Connection, minute: int) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT reason, count FROM refusal_tallies WHERE minute = ?", (minute,)
+    ).fetchall()
+    return {reason: int(count) for reason, count in rows}
+
+
+def record_refusal(conn: Connection, order: RefusalOrder) -> AuditEntry | None:
+    row = one(conn.execute(_ACCOUNT, (order.user_id,)))
+    if row is None and not tally_refusal(conn, order.reason, order.now):
+        return None
+    balance = int(row[0]) if row else 0
+    return _append(
+        conn,
+        order.user_id,
+        Action.VEND_REFUSED,
+        0,
+        balance,
+        order.request_id,
+        order.context,
+        iso(order.now),
+        order.reason,
+    )
 
 
 def grant(conn: Connection, order: GrantOrder) -> GrantOutcome:

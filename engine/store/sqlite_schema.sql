@@ -28,7 +28,10 @@ CREATE TABLE IF NOT EXISTS ledger (
     ip            TEXT NOT NULL,
     user_agent    TEXT NOT NULL,
     reason        TEXT NOT NULL DEFAULT '',
-    at            TEXT NOT NULL
+    at            TEXT NOT NULL,
+    -- The HTTP request's X-Request-Id, for the access log; files made before it gain the
+    -- column from `SQLiteStore.open`.
+    http_request_id TEXT NOT NULL DEFAULT ''
 );
 
 CREATE INDEX IF NOT EXISTS ledger_by_user ON ledger (user_id, id);
@@ -74,6 +77,14 @@ CREATE TABLE IF NOT EXISTS cache (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 
+-- Refusals of users without an account (no credits, ever), counted per minute and reason
+-- instead of one ledger entry each: fresh user ids cost nothing to mint.
+CREATE TABLE IF NOT EXISTS refusal_tallies (
+    minute INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    count  INTEGER NOT NULL,
+    PRIMARY KEY (minute, reason)
+) WITHOUT ROWID;
 -- The job lifecycle: one vended token buys one job.  A token's row exists from the moment a
 -- submission consumes it: `in_flight` while upstream is being asked (until `hold_until`),
 -- `used` for good once upstream took the job.  No row = unused.  Kept as long as the ledger,

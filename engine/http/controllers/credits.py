@@ -25,6 +25,7 @@ from engine.http.dependencies import (
     provide_rate_limited_user,
 )
 from engine.http.responses import json_response
+from engine.observability.context import note_outcome
 from engine.services import Services
 from engine.store.records import AuditEntry
 
@@ -43,6 +44,7 @@ def entry_body(entry: AuditEntry) -> AuditEntryBody:
         user_agent=entry.user_agent,
         at=entry.at,
         reason=entry.reason,
+        http_request_id=entry.http_request_id,
     )
 
 
@@ -94,6 +96,7 @@ class CreditsController(Controller):
         entry = await services.credits.refund(
             data.user_id, data.request_id, data.reason, context_of(request)
         )
+        note_outcome("refunded")
         body = RefundResponse(
             user_id=entry.user_id,
             request_id=entry.request_id,

@@ -33,28 +33,38 @@ class HealthController(Controller):
 
     @get("/")
     async def health(self, services: NamedDependency[Services]) -> ASGIApp:
-        """503 when the store does not answer, so a load balancer takes the process out."""
+        """503 when the store does not answer, or answers but cannot serve (degraded), so a
+        load balancer takes the process out."""
         started = time.perf_counter()
         reachable = await services.store.ping()
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
         ttt, breaker = await services.monitor.verdict()
-        status = "unavailable" if not reachable else ("ok" if ttt != "unhealthy" else "degraded")
+        degraded = reachable and bool(services.store.degraded)  # answers, cannot serve
+        healthy = reachable and not degraded
+        status = (
+            "unavailable"
+            if not reachable
+            else ("ok" if ttt != "unhealthy" and not degraded else "degraded")
+        )
         body = HealthResponse(
-            ok=reachable,
+            ok=healthy,
             status=status,
             uptime_seconds=int(time.monotonic() - services.started_at),
             version=__version__,
             build=BuildInfo(ref=services.settings.build_ref, deployed_at=_DEPLOYED_AT),
             store=StoreHealth(
-                backend=services.store.backend, reachable=reachable, latency_ms=latency_ms
+                backend=services.store.backend,
+                reachable=reachable,
+                latency_ms=latency_ms,
+                problem=services.store.degraded if degraded else UNSET,
             ),
             connectivity=Connectivity(
-                store="connected" if reachable else "unreachable",
+                store="unreachable" if not reachable else ("degraded" if degraded else "connected"),
                 ttt=ttt,
                 circuit_breaker=breaker.state.value,
             ),
         )
-        return json_response(body, status_code=200 if reachable else 503)
+        return json_response(body, status_code=200 if healthy else 503)
 
     @get("/services")
     async def services_health(self, services: NamedDependency[Services]) -> ASGIApp:

@@ -6,6 +6,7 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.types import ASGIApp
 
+from engine.domain.ratelimit import ip_subject
 from engine.domain.urls import normalise_tiktok_url
 from engine.errors import InvalidUrl, UnprocessableUrl
 from engine.http.dependencies import AnyRequest, context_of
@@ -28,6 +29,6 @@ class MetadataController(Controller):
             url = normalise_tiktok_url(url)
         except InvalidUrl as exc:
             raise UnprocessableUrl(details=exc.details) from None
-        rate = await services.limiter.hit("ip:" + context_of(request).ip, services.clock())
+        rate = await services.limiter.hit(ip_subject(context_of(request).ip), services.clock())
         meta = await services.metadata.resolve(url)
         return json_response(meta, headers=rate.headers() if rate else None)

@@ -18,6 +18,7 @@ from engine.http.dependencies import (
     provide_services,
 )
 from engine.http.responses import json_response
+from engine.observability.context import note_outcome, note_user
 from engine.timeutil import iso
 
 
@@ -35,6 +36,7 @@ class VendController(Controller):
         """
         services = provide_services(request)
         user = services.tokens.verify_user(bearer_token(request))
+        note_user(user.user_id)
         data = await decode_body(request, VendRequest)
         key = client_key(data.client_request_id, header(request, b"x-client-request-id"))
         vended = await services.credits.vend(
@@ -54,4 +56,5 @@ class VendController(Controller):
         headers = vended.rate.headers() if vended.rate else {}
         if vended.replayed:
             headers["Idempotent-Replayed"] = "true"
+        note_outcome("replayed" if vended.replayed else "charged")
         return json_response(body, headers=headers)

@@ -1,0 +1,1 @@
+"""What an operator watches: request ids, the access log, other log lines, Prometheus metrics."""
