@@ -26,9 +26,8 @@ from engine.timeutil import iso
 ROWS_PER_COMMIT = 200_000
 # Token rows and the ledger's user index take inserts all over their b-trees.
 BULK_CACHE_KIB = 256 * 1024
-_LEDGER = (
-    f"INSERT INTO ledger ({ops.ENTRY_COLUMNS.removeprefix('id, ')}) VALUES (?,?,?,?,?,?,?,?,?)"
-)
+_COLUMNS = ops.ENTRY_COLUMNS.removeprefix("id, ")
+_LEDGER = f"INSERT INTO ledger ({_COLUMNS}) VALUES ({','.join('?' * (_COLUMNS.count(',') + 1))})"
 _ACCOUNT = (
     "INSERT INTO accounts (user_id, balance, updated_at) VALUES (?,?,?)"
     " ON CONFLICT (user_id) DO UPDATE SET balance = excluded.balance,"
@@ -129,13 +128,14 @@ def prefill_rows(
         serial += 1
         context = shape.contexts[serial % len(shape.contexts)]
         ip, agent, uid = context.ip, context.user_agent, user.user_id
+        hid = context.http_request_id
         request_id = f"req_{bits(128):032x}"
         if not user.granted or roll < 0.05:
             user.granted = True
             amount = rng.choice((5, 10, 20, 30))
             user.balance += amount
             rows.ledger.append(
-                (uid, "grant", amount, user.balance, request_id, ip, agent, at, "purchase")
+                (uid, "grant", amount, user.balance, request_id, ip, agent, at, "purchase", hid)
             )
             status = "granted"
         elif roll < 0.07 and user.vends:
@@ -145,7 +145,7 @@ def prefill_rows(
             else:
                 user.balance += 1
                 rows.ledger.append(
-                    (uid, "refund", 1, user.balance, vend, ip, agent, at, "upstream_failed")
+                    (uid, "refund", 1, user.balance, vend, ip, agent, at, "upstream_failed", hid)
                 )
                 status = "refunded"
         elif roll < 0.09:
@@ -168,12 +168,12 @@ def prefill_rows(
             vend_id = vend_request_id(jti)
             if user.balance <= 0:
                 rows.ledger.append(
-                    (uid, "vend_refused", 0, 0, vend_id, ip, agent, at, "insufficient_credits")
+                    (uid, "vend_refused", 0, 0, vend_id, ip, agent, at, "insufficient_credits", hid)
                 )
                 status = "insufficient"
             else:
                 user.balance -= 1
-                rows.ledger.append((uid, "vend", -1, user.balance, vend_id, ip, agent, at, ""))
+                rows.ledger.append((uid, "vend", -1, user.balance, vend_id, ip, agent, at, "", hid))
                 if now + shape.idempotency_ttl > finished:
                     receipt = VendReceipt(
                         request_id=vend_id,
