@@ -125,6 +125,13 @@ class Conflict(EngineError):
     guidance = "Do not repeat this request"
 
 
+class Gone(EngineError):
+    status_code = 410
+    code = "gone"
+    message = "What the request names is no longer kept"
+    guidance = "Do not repeat this request"
+
+
 class PayloadTooLarge(EngineError):
     status_code = 413
     code = "payload_too_large"

@@ -109,6 +109,7 @@ def verify(url: str, *, as_json: bool, progress: bool) -> int:
 
 def prefill(url: str, entries: int, users: int | None, seed: int) -> int:
     from engine.ledger_prefill import run_prefill
+    from engine.store.sqlite_prefill import PrefillRefused
 
     try:
         store = store_from_url(url)
@@ -116,7 +117,11 @@ def prefill(url: str, entries: int, users: int | None, seed: int) -> int:
         print(f"pluct-engine ledger prefill: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    written = asyncio.run(run_prefill(store, entries, users or max(1, entries // 20), seed))
+    try:
+        written = asyncio.run(run_prefill(store, entries, users or max(1, entries // 20), seed))
+    except PrefillRefused as exc:
+        print(f"pluct-engine ledger prefill: {exc}", file=sys.stderr)
+        return 2
     seconds = time.perf_counter() - started
     print(
         json.dumps(

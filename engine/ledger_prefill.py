@@ -20,7 +20,9 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from engine.store import SQLiteStore, sqlite_prefill
 from engine.store.protocol import Store
 from engine.store.records import (
     ConsumeOrder,
@@ -28,14 +30,37 @@ from engine.store.records import (
     GrantOrder,
     GrantOutcome,
     IdempotencyKey,
+    JobRecord,
     RefundOrder,
     RefundOutcome,
+    SpendOutcome,
     StoredResponse,
     VendOrder,
     vend_request_id,
 )
 
-Operation = Callable[[Store], Awaitable[str]]
+
+class Target(Protocol):
+    """The store operations prefill drives: a `Store`, or SQLite's bulk path."""
+
+    async def spend(self, order: VendOrder) -> SpendOutcome: ...
+
+    async def grant(self, order: GrantOrder) -> GrantOutcome: ...
+
+    async def refund(self, order: RefundOrder) -> RefundOutcome: ...
+
+    async def remember(
+        self, scope: str, key: str, response: StoredResponse, ttl_seconds: float, now: float
+    ) -> StoredResponse: ...
+
+    async def consume_token(self, order: ConsumeOrder) -> str: ...
+
+    async def accept_job(
+        self, user_id: str, job_id: str, upstream_id: str, body: bytes, now: float
+    ) -> JobRecord | None: ...
+
+
+Operation = Callable[[Target], Awaitable[str]]
 
 YEAR_SECONDS = 365 * 24 * 3600
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
@@ -136,7 +161,7 @@ async def _remembered(stored: Awaitable[StoredResponse]) -> str:
     return "remembered"
 
 
-async def _spend(store: Store, user: _User, order: VendOrder, transcribed: bool) -> str:
+async def _spend(store: Target, user: _User, order: VendOrder, transcribed: bool) -> str:
     outcome = await store.spend(order)
     if outcome.status != "charged":
         return outcome.status
@@ -167,21 +192,33 @@ async def run_prefill(store: Store, entries: int, users: int, seed: int) -> Pref
     """Append at least `entries` entries (the last batch may add a few more)."""
     finished = time.time()
     started = finished - YEAR_SECONDS
-    workload = _Workload(users, seed)
-    statuses: Counter[str] = Counter()
-    written = 0
     await store.open()
     try:
-        while written < entries:
-            now = started + YEAR_SECONDS * written / entries
+        if isinstance(store, SQLiteStore):
+            shape = sqlite_prefill.Shape(
+                YEAR_SECONDS,
+                IDEMPOTENCY_TTL_SECONDS,
+                VENDED_TOKEN_TTL_SECONDS,
+                JOB_RETENTION_SECONDS,
+                TRANSCRIBED_SHARE,
+                _VEND_FINGERPRINT,
+                _CONTEXTS,
+            )
+            written, granted, statuses = store.prefill(entries, users, seed, finished, shape)
+            return Prefilled(written, granted, dict(sorted(statuses.items())))
+        workload = _Workload(users, seed)
+        counted: Counter[str] = Counter()
+        done = 0
+        while done < entries:
+            now = started + YEAR_SECONDS * done / entries
             batch = [
                 workload.next_operation(now)
-                for _ in range(min(OPERATIONS_AT_ONCE, max(1, entries - written)))
+                for _ in range(min(OPERATIONS_AT_ONCE, max(1, entries - done)))
             ]
             results = await asyncio.gather(*(operation(store) for operation in batch))
-            statuses.update(results)
-            written += sum(1 for status in results if status in _WROTE_ENTRY)
+            counted.update(results)
+            done += sum(1 for status in results if status in _WROTE_ENTRY)
         await store.purge_expired(time.time())
+        return Prefilled(done, workload.users, dict(sorted(counted.items())))
     finally:
         await store.close()
-    return Prefilled(written, workload.users, dict(sorted(statuses.items())))

@@ -17,7 +17,15 @@ import pytest
 import redis
 
 from engine.domain.ledger import verify
-from engine.store.records import AuditEntry, Context, GrantOrder, RefundOrder, VendOrder
+from engine.store.records import (
+    AuditEntry,
+    ConsumeOrder,
+    Context,
+    GrantOrder,
+    RefundOrder,
+    VendOrder,
+    vend_request_id,
+)
 from engine.store.redis import RedisStore
 from engine.store.redis_archive import Archive, ArchiveSettings
 
@@ -61,7 +69,8 @@ async def test_audit_reads_span_archived_and_hot_entries(store: RedisStore, redi
     now = time.time()
     await _history(store, "ann", old=6, new=3, now=now)
     before = await store.audit("ann", 100, 0)
-    assert await store.archive_old(now) == 7  # the grant and six vends
+    # Four days ago: the ten-day-old entries leave, their vend records stay (a week).
+    assert await store.archive_old(now - 4 * DAY) == 7  # the grant and six vends
     client = redis.Redis.from_url(redis_url)
     raw = client.lrange("{u:ann}:ledger", 0, -1)
     client.close()
@@ -70,13 +79,16 @@ async def test_audit_reads_span_archived_and_hot_entries(store: RedisStore, redi
     pages = [await store.audit("ann", 4, after) for after in (0, 4, 8)]
     assert [[e.id for e in page] for page in pages] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
     assert [e for page in pages for e in page] == before
-    # New entries after archiving get the next ids, and a refund of an archived vend works.
+    # New entries after archiving get the next ids, and a refund of an archived vend works
+    # while its record is kept; once that has gone too, the refund is refused as archived.
     refund = await store.refund(RefundOrder("ann", "v-ann-0", "late", CTX, now))
     assert refund.status == "refunded" and refund.entry and refund.entry.id == 11
     report = await verify(store)
     assert report.ok, report.problems
     assert report.entries == 11
     assert await store.archive_old(now) == 0  # nothing old is left; a rerun changes nothing
+    late = await store.refund(RefundOrder("ann", "v-ann-1", "late", CTX, now))
+    assert late.status == "vend_archived"
 
 
 async def test_an_unconfigured_reader_says_so_instead_of_dropping_entries(
@@ -195,3 +207,47 @@ def test_a_served_engine_archives_by_its_settings_and_still_serves_every_page(
         verdict = engine.ledger_verify()
         assert verdict.returncode == 0, verdict.stdout + verdict.stderr
     client.close()
+
+
+async def _old_used_vend(store: RedisStore, user: str, now: float) -> str:
+    """A vend in the engine's form whose token bought a job, at `now`; its requestId."""
+    jti = os.urandom(16).hex()
+    rid = vend_request_id(jti)
+    await store.spend(VendOrder(user, rid, jti, int(now), int(now) + 900, None, None, CTX, now))
+    order = ConsumeOrder(f"job-{jti[:8]}", user, jti, rid, b"{}", now + 660, now + DAY, now)
+    assert await store.consume_token(order) == "consumed"
+    await store.accept_job(user, order.job_id, "up", b"{}", now)
+    return jti
+
+
+async def test_vend_records_leave_ram_with_their_history(store: RedisStore, redis_url: str) -> None:
+    """Past the window (and a week), a vend's `vend:` field and its token's record leave the
+    balance hash with the history: the hash is the same size after 10 old vends as after 200,
+    a refund of an archived vend is refused `vend_archived`, and hot vends refund once."""
+    now = time.time()
+    client = redis.Redis.from_url(redis_url)
+    await _history(store, "few", old=10, new=2, now=now)
+    await _history(store, "many", old=200, new=0, now=now)
+    jti = await _old_used_vend(store, "many", now - 9 * DAY)
+    for n in (200, 201):
+        await store.spend(_vend("many", n, now))
+    assert client.exists("{u:many}:tok:" + jti)
+    assert client.hlen("{u:many}:bal") == 2 + 203
+    await store.archive_old(now)
+    assert not client.exists("{u:many}:tok:" + jti)
+    for user in ("few", "many"):
+        fields = sorted(k.decode() for k in client.hkeys("{u:" + user + "}:bal"))
+        hot = [f"vend:v-{user}-{n}" for n in ((10, 11) if user == "few" else (200, 201))]
+        assert fields == sorted(["balance", "updated_at", *hot]), fields
+    few, many = client.memory_usage("{u:few}:bal"), client.memory_usage("{u:many}:bal")
+    assert few is not None and many is not None and many <= few + 64
+    refund = RefundOrder("many", "v-many-3", "test", CTX, now)
+    assert (await store.refund(refund)).status == "vend_archived"
+    hot = RefundOrder("many", "v-many-201", "test", CTX, now)
+    assert (await store.refund(hot)).status == "refunded"
+    assert (await store.refund(hot)).status == "already_refunded"
+    missing = RefundOrder("many", "v-many-999", "test", CTX, now)
+    assert (await store.refund(missing)).status == "not_found"
+    await store.archive_old(now)  # rerun: nothing changes, nothing breaks
+    report = await verify(store)
+    assert report.ok, report.problems

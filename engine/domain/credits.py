@@ -20,6 +20,7 @@ from engine.errors import (
     USER_MISMATCH,
     Conflict,
     Forbidden,
+    Gone,
     IdempotencyKeyReused,
     InsufficientCredits,
     InvalidRequest,
@@ -214,6 +215,13 @@ class CreditService:
             raise Conflict(
                 "That vend's token was used for a transcription; its credit is not refundable",
                 code=outcome.status,
+            )
+        if outcome.status == "vend_archived":
+            # Redis with an archive: the vend's record left RAM with its history
+            # (`redis_archive`), and with it what made a refund at-most-once.
+            raise Gone(
+                "That vend is older than the hot window and archived; it is not refundable",
+                code="vend_archived",
             )
         if outcome.entry is None:
             raise NotFound("No vend with that requestId for that user", code="vend_not_found")

@@ -7,8 +7,8 @@ Python and writes it back.  That is what makes the invariants hold with many wor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Protocol, runtime_checkable
 
 from engine.store.records import (
     AuditEntry,
@@ -19,6 +19,7 @@ from engine.store.records import (
     JobObservation,
     JobRecord,
     LedgerChunk,
+    LedgerRow,
     RefundOrder,
     RefundOutcome,
     RefusalOrder,
@@ -135,3 +136,27 @@ class Store(Protocol):
         """Record what was learnt of a job (see `JobObservation`) and return it as stored;
         the first terminal state wins, and its refund happens in the same step, so concurrent
         observers refund once."""
+
+
+class IdOrderCheck(Protocol):
+    """What `IdOrderScanner.scan_ledger` drives (`engine.domain.ledger.IdOrderCheck`)."""
+
+    def feed(self, rows: list[LedgerRow]) -> None: ...
+
+    def take_suspects(self) -> Iterator[str]: ...
+
+    def resolve(self, rows: Iterable[tuple[int, str, str, str]]) -> None: ...
+
+    def finish(self, accounts: Iterable[tuple[str, int]]) -> None: ...
+
+
+@runtime_checkable
+class IdOrderScanner(Protocol):
+    """A store that can read its whole ledger in its own (id) order, which for SQLite is file
+    order and several times faster than user order: `ledger verify` then checks every user
+    at once (see `engine.domain.ledger.IdOrderCheck`)."""
+
+    async def scan_ledger(self, check: IdOrderCheck) -> None:
+        """In one snapshot: `check.feed` every entry in id order; `check.resolve` every vend and
+        refund entry whose request id `check.take_suspects` gives, in id order; then
+        `check.finish` every account (user_id, balance)."""

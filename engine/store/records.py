@@ -189,6 +189,11 @@ class StoredResponse(msgspec.Struct, frozen=True):
     body: bytes
 
 
+# A raw ledger row as the id-order scan reads it: (id, user_id, action, delta, balance_after,
+# request_id).  No Struct per row: at millions of rows the decode cost as much as the checks.
+LedgerRow = tuple[int, str, str, int, int, str]
+
+
 class LedgerChunk(msgspec.Struct, frozen=True):
     """A run of one user's ledger entries, oldest first, with the user's stored balance.
 

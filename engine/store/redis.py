@@ -7,6 +7,7 @@ server; nothing is read into Python and written back.  Key layout (see the READM
     {u:<user>}:ledger       list  JSON audit entries, append-only, id = position; an entry
                                   moved to the archive leaves "" (`redis_archive`)
     {u:<user>}:archived     str   entries before this position are in the archive
+    {u:<user>}:records      str   vends before this position have no vend:/tok: record left
     {u:<user>}:idem:<scope>:<key>  string  fingerprint|stored receipt, expires with retention
     resp:<scope>:<key>      hash  remembered response (fingerprint, status, body)
     {u:<subject>}:rl:<window>  int  requests in a fixed window
@@ -173,6 +174,7 @@ class RedisStore(RedisJobs, RedisHistory):
         self._remember = self._redis.register_script(lua.REMEMBER)
         self._release = self._redis.register_script(lua.RELEASE)
         self._tombstones = self._redis.register_script(lua.TOMBSTONE)
+        self._drop_vends = self._redis.register_script(lua.DROP_VEND_RECORDS)
         self._register_job_scripts()
 
     def _call(self, *command: Any) -> Awaitable[Any]:
@@ -360,6 +362,15 @@ class RedisStore(RedisJobs, RedisHistory):
             ],
         )
         status = _text(status)
+        # No record: a vend archived with its record is refused as such, not as "no vend".
+        if (
+            status == "not_found"
+            and self._archive is not None
+            and await asyncio.to_thread(
+                self._archive.has_vend, order.user_id, order.vend_request_id
+            )
+        ):
+            return RefundOutcome("vend_archived")
         if status != "refunded":
             return RefundOutcome(status)
         return RefundOutcome(status, _entry_at(entry_id, entry))

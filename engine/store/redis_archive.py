@@ -43,11 +43,27 @@ CREATE TABLE IF NOT EXISTS archived (
 """
 
 
+# A vend's `vend:<requestId>` field and its token's `tok:<jti>` record are what make a refund
+# at-most-once and a refunded or used token worthless; they stay in RAM until the vend is this
+# old *and* archived, which is longer than any token lives (15 min) and than a job is kept
+# (`engine.domain.transcription.JOB_RETENTION_SECONDS`), whose failure refunds its vend.  A
+# refund of an older vend is then refused `vend_archived` (410): with no record left nothing
+# could stop it being refunded twice.  So RAM per user no longer grows with past vends.
+VEND_RECORD_SECONDS = 7 * 24 * 3600
+
+
 class _At(msgspec.Struct):
     at: str
 
 
+class _Entry(msgspec.Struct, rename="camel"):
+    at: str
+    action: str = ""
+    request_id: str = ""
+
+
 _at = msgspec.json.Decoder(_At)
+_entry = msgspec.json.Decoder(_Entry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +138,21 @@ class Archive:
             )
         return {int(entry_id): bytes(raw) for entry_id, raw in rows}
 
+    def entries_of(self, wanted: Mapping[str, list[int]]) -> dict[str, dict[int, bytes]]:
+        """`entries` of many users at once (a batch of `read_ledger`)."""
+        return {user_id: self.entries(user_id, ids) for user_id, ids in wanted.items() if ids}
+
+    def has_vend(self, user_id: str, request_id: str) -> bool:
+        """Whether an archived entry of `user_id` is the vend `request_id` (a scan of that
+        user's archived entries: refunds are rare, and the archive has no index by id)."""
+        member = msgspec.json.encode(request_id)
+        with self._lock:
+            rows = self._connection().execute(
+                "SELECT entry FROM archived WHERE user_id = ? AND instr(entry, ?) > 0",
+                (user_id, b'"requestId":' + member),
+            )
+            return any(_entry.decode(raw).action == "vend" for (raw,) in rows)
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -147,3 +178,18 @@ async def cancel(task: asyncio.Task[None] | None) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def vends_before(entries: list[bytes | None], cutoff: str) -> tuple[int, list[str]]:
+    """Of a user's archived entries in order (None where one is missing), how many come before
+    the first at or after `cutoff`, and the requestIds of the vends among those."""
+    vends: list[str] = []
+    for index, raw in enumerate(entries):
+        if raw is None:
+            continue
+        entry = _entry.decode(raw)
+        if entry.at >= cutoff:
+            return index, vends
+        if entry.action == "vend":
+            vends.append(entry.request_id)
+    return len(entries), vends

@@ -19,7 +19,8 @@ from redis.exceptions import RedisError
 
 from engine.store import redis_archive
 from engine.store.protocol import StoreUnavailable
-from engine.store.records import AuditEntry, LedgerChunk
+from engine.store.records import AuditEntry, LedgerChunk, token_of_vend
+from engine.store.redis_jobs import token_key
 
 log = logging.getLogger("engine.store.redis")
 _entry = msgspec.json.Decoder(AuditEntry)
@@ -51,6 +52,7 @@ class RedisHistory:
     _archive_settings: redis_archive.ArchiveSettings | None
     _ledger_head: AsyncScript
     _tombstones: AsyncScript
+    _drop_vends: AsyncScript
 
     if TYPE_CHECKING:  # provided by RedisStore
 
@@ -104,9 +106,24 @@ class RedisHistory:
                 for u in users
             )
         )
+        # The batch's archived entries in one trip to the archive's thread, not one per user.
+        missing = {
+            user_id: [n + 1 for n, item in enumerate(first) if not item]
+            for user_id, (_, _, first) in zip(users, heads, strict=True)
+        }
+        archived: dict[str, dict[int, bytes]] = {}
+        if any(missing.values()):
+            if self._archive is None:
+                raise StoreUnavailable("redis: archived entries, but no AUDIT_ARCHIVE_PATH set")
+            archived = await asyncio.to_thread(self._archive.entries_of, missing)
         for user_id, (raw_balance, length, first) in zip(users, heads, strict=True):
             balance = int(raw_balance) if raw_balance not in (b"", "") else None
-            yield LedgerChunk(user_id, balance, await self._entries(user_id, 1, first))
+            found = archived.get(user_id, {})
+            yield LedgerChunk(
+                user_id,
+                balance,
+                [_entry_at(n + 1, item or found[n + 1]) for n, item in enumerate(first)],
+            )
             done = len(first)
             while done < int(length):
                 stop = min(int(length), done + chunk_size) - 1
@@ -134,12 +151,40 @@ class RedisHistory:
         """Move every entry older than the hot window to the archive; returns how many."""
         if self._archive is None or self._archive_settings is None:
             return 0
-        cutoff = redis_archive.cutoff(now, self._archive_settings.hot_seconds)
+        hot = self._archive_settings.hot_seconds
+        cutoff = redis_archive.cutoff(now, hot)
+        records = redis_archive.cutoff(now, max(hot, redis_archive.VEND_RECORD_SECONDS))
         moved = 0
         async for key in self._redis.scan_iter(match="{u:*}:ledger", count=1000, _type="list"):
             name = _text(key)
-            moved += await self._archive_user(name[3 : name.rindex("}")], cutoff)
+            user_id = name[3 : name.rindex("}")]
+            moved += await self._archive_user(user_id, cutoff)
+            await self._drop_records(user_id, records)
         return moved
+
+    async def _drop_records(self, user_id: str, cutoff: str) -> int:
+        """Drop the `vend:` and `tok:` records of archived vends older than `cutoff`
+        (`redis_archive.VEND_RECORD_SECONDS`); returns how many vends."""
+        assert self._archive is not None
+        key, dropped = _user(user_id), 0
+        while True:
+            start = int(await self._call("GET", key + ":records") or 0)
+            end = int(await self._call("GET", key + ":archived") or 0)
+            stop = min(end, start + redis_archive.ARCHIVE_BATCH_ENTRIES)
+            if start >= stop:
+                return dropped
+            positions = list(range(start + 1, stop + 1))
+            found = await asyncio.to_thread(self._archive.entries, user_id, positions)
+            old, vends = redis_archive.vends_before([found.get(p) for p in positions], cutoff)
+            if old == 0:
+                return dropped
+            tokens = [token_key(user_id, jti) for v in vends if (jti := token_of_vend(v))]
+            await self._run(
+                self._drop_vends, [key + ":bal", key + ":records", *tokens], [start + old, *vends]
+            )
+            dropped += len(vends)
+            if old < len(positions):
+                return dropped
 
     async def _archive_user(self, user_id: str, cutoff: str) -> int:
         assert self._archive is not None

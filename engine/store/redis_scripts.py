@@ -176,6 +176,18 @@ end
 return #ARGV - 1
 """
 
+# KEYS: balance hash, records cursor, then the token records of the vends.  ARGV: the cursor's
+# new position, then the vends' requestIds.  The records of archived vends leave RAM
+# (`RedisHistory._drop_records`), in one step with the cursor.
+DROP_VEND_RECORDS = """
+for i = 2, #ARGV do redis.call('HDEL', KEYS[1], 'vend:' .. ARGV[i]) end
+for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+return #ARGV - 1
+"""
+
 # KEYS: window counter.  ARGV: expires_at_ms.
 HIT_WINDOW = """
 local count = redis.call('INCR', KEYS[1])

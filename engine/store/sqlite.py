@@ -15,6 +15,7 @@ import contextlib
 import functools
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -22,16 +23,15 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 from engine.store import sqlite_jobs as jobs
-from engine.store import sqlite_ledger
+from engine.store import sqlite_ledger, sqlite_prefill
 from engine.store import sqlite_ops as ops
-from engine.store.protocol import StoreUnavailable
+from engine.store.protocol import IdOrderCheck, StoreUnavailable
 from engine.store.records import (
     AuditEntry,
     BalanceView,
     ConsumeOrder,
     GrantOrder,
     GrantOutcome,
-    IdempotencyKey,
     JobObservation,
     JobRecord,
     LedgerChunk,
@@ -53,6 +53,7 @@ CHECKPOINT_PASSES = 3
 # truncated outright when it has grown past it (`checkpoint`).
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 WAL_TRUNCATE_WAIT_MS = 20
+SCAN_CACHE_KIB = 8 * 1024
 STREAM_CACHE_KIB = 64 * 1024
 PURGE_BATCH_ROWS = 256
 PURGE_PAUSE_SECONDS = 0.005
@@ -325,6 +326,30 @@ class SQLiteStore:
                 await loop.run_in_executor(thread, chunks.close)
                 await loop.run_in_executor(thread, conn.close)
 
+    def prefill(
+        self, entries: int, users: int, seed: int, finished: float, shape: sqlite_prefill.Shape
+    ) -> tuple[int, int, Counter[str]]:
+        """`ledger prefill`'s bulk path (`sqlite_prefill`), blocking; `open` first, and
+        nothing else may write meanwhile."""
+        return sqlite_prefill.prefill_rows(
+            self._thread_connection(), entries, users, seed, finished, shape
+        )
+
+    async def scan_ledger(self, check: IdOrderCheck) -> None:
+        """`ledger verify` in the table's own order (`sqlite_ledger.scan_in_id_order`), on a
+        connection and thread of its own."""
+
+        def scan() -> None:
+            conn = self._stream_connection()
+            # Read in file order, each page once: a small cache does, and keeps RSS down.
+            conn.execute(f"PRAGMA cache_size=-{SCAN_CACHE_KIB}")
+            try:
+                sqlite_ledger.scan_in_id_order(conn, check)
+            finally:
+                conn.close()
+
+        await asyncio.to_thread(scan)
+
     def _stream_connection(self) -> Connection:
         """Not `_connect`: setting the journal mode would write to a file that verify only
         reads (and the caller has checked that it exists)."""
@@ -349,15 +374,9 @@ class SQLiteStore:
     async def remember(
         self, scope: str, key: str, response: StoredResponse, ttl_seconds: float, now: float
     ) -> StoredResponse:
-        def write(conn: Connection) -> StoredResponse:
-            stored = ops.stored_response(conn, scope, key, now)
-            if stored is not None:
-                return stored
-            slot = IdempotencyKey(scope, key, response.fingerprint, now + ttl_seconds)
-            ops.store_response(conn, slot, response.status_code, response.body)
-            return response
-
-        return await self._write(write)
+        return await self._write(
+            lambda conn: ops.remember(conn, scope, key, response, ttl_seconds, now)
+        )
 
     async def recall(self, scope: str, key: str, now: float) -> StoredResponse | None:
         return await self._read(lambda conn: ops.stored_response(conn, scope, key, now))

@@ -162,6 +162,22 @@ def stored_response(conn: Connection, scope: str, key: str, now: float) -> Store
     return StoredResponse(row[0], int(row[1]), bytes(row[2])) if row else None
 
 
+def remember(
+    conn: Connection, scope: str, key: str, response: StoredResponse, ttl: float, now: float
+) -> StoredResponse:
+    """Store a response unless a live one holds the key; return whichever is stored."""
+    stored = stored_response(conn, scope, key, now)
+    if stored is not None:
+        return stored
+    store_response(
+        conn,
+        IdempotencyKey(scope, key, response.fingerprint, now + ttl),
+        response.status_code,
+        response.body,
+    )
+    return response
+
+
 def store_response(conn: Connection, key: IdempotencyKey, status: int, body: bytes) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO responses (scope, key, fingerprint, status_code, body, expires_at)"

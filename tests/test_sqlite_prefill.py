@@ -1,0 +1,81 @@
+"""SQLite's bulk prefill writes rows, not operations: prove the engine takes them as its own —
+`ledger verify` clean, a served engine answering balances and audit trails from them and
+vending on top, and the store's operations honouring the records (a used token refuses its
+refund, an unused vend refunds once, a last-day key replays)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from engine.domain.ledger import verify
+from engine.ledger_prefill import _VEND_FINGERPRINT, run_prefill
+from engine.local import LocalEngine
+from engine.store import SQLiteStore, store_from_url
+from engine.store.records import Context, IdempotencyKey, RefundOrder, VendOrder
+from tests.e2e import audit_trail, balance_of
+
+
+async def test_bulk_rows_are_what_the_engine_reads_and_writes_on(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'grown.db'}"
+    written = await run_prefill(store_from_url(url), 4000, 60, seed=3)
+    assert written.entries >= 4000
+    db = sqlite3.connect(tmp_path / "grown.db")
+    user, balance, entries = db.execute(
+        "SELECT a.user_id, a.balance, count(*) FROM accounts a JOIN ledger l USING (user_id)"
+        " GROUP BY a.user_id ORDER BY count(*) DESC LIMIT 1"
+    ).fetchone()
+    used_user, used_vend = db.execute(
+        "SELECT l.user_id, l.request_id FROM ledger l JOIN vend_tokens t"
+        " ON l.request_id = 'req_' || t.jti WHERE l.action = 'vend' LIMIT 1"
+    ).fetchone()
+    free_user, free_vend = db.execute(
+        "SELECT user_id, request_id FROM ledger l WHERE action = 'vend' AND NOT EXISTS"
+        " (SELECT 1 FROM vend_tokens t WHERE l.request_id = 'req_' || t.jti) AND NOT EXISTS"
+        " (SELECT 1 FROM ledger r WHERE r.action = 'refund' AND r.request_id = l.request_id)"
+        " ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    scope, key, body = db.execute(
+        "SELECT scope, key, body FROM responses WHERE scope LIKE 'user:%' LIMIT 1"
+    ).fetchone()
+    assert db.execute("SELECT count(*) FROM jobs").fetchone()[0] > 0
+    db.close()
+
+    store = store_from_url(url)
+    assert isinstance(store, SQLiteStore)
+    await store.open()
+    try:
+        report = await verify(store)
+        assert report.ok, report.problems
+        assert report.entries == written.entries
+        now, context = time.time(), Context("10.0.0.1", "test")
+        used = await store.refund(RefundOrder(used_user, used_vend, "test", context, now))
+        assert used.status == "token_used"
+        refund = RefundOrder(free_user, free_vend, "test", context, now)
+        assert (await store.refund(refund)).status == "refunded"
+        assert (await store.refund(refund)).status == "already_refunded"
+        owner = scope.removeprefix("user:").removesuffix("|vend-token")
+        replay = VendOrder(
+            user_id=owner,
+            request_id="req_" + "0" * 32,
+            jti="0" * 32,
+            issued_at=int(now),
+            expires_at=int(now) + 900,
+            client_request_id=key,
+            idempotency=IdempotencyKey(scope, key, _VEND_FINGERPRINT, now + 60),
+            context=context,
+            now=now,
+        )
+        replayed = await store.spend(replay)
+        assert replayed.status == "replayed" and replayed.receipt is not None
+        assert replayed.receipt.client_request_id == key and key.encode() in body
+    finally:
+        await store.close()
+
+    with LocalEngine(store_url=url) as engine:
+        assert balance_of(engine, user) == balance
+        assert len(audit_trail(engine, user)) == entries
+        response = engine.client.post("/v1/vend-token", headers=engine.user_headers(user))
+        assert response.status_code in (200, 402), response.text
+        assert engine.ledger_verify().returncode == 0
