@@ -29,7 +29,9 @@ async def test_the_purge_deletes_expired_rows_in_batches_and_keeps_live_ones(
         ttl = -10 if n < expired else 3600
         response = StoredResponse("fp", 200, b"{}")
         await store.remember("scope", f"k{n}", response, ttl, now)
-    await store.claim("c-old", "me", -1, now)
+    with sqlite3.connect(tmp_path / "purge.db") as earlier:  # a claim an earlier engine left
+        earlier.execute("INSERT INTO claims VALUES ('c-old', 'me', ?)", (now - 1,))
+    earlier.close()
     await store.cache_set("old", b"x", -1, now)
     await store.cache_set("new", b"y", 3600, now)
     sizes: list[int] = []

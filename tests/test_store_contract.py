@@ -245,19 +245,6 @@ async def test_remember_keeps_the_first_response(store: Store) -> None:
     assert await store.recall("sc", "short", now) is None
 
 
-async def test_claims_are_exclusive_and_released_by_owner_only(store: Store) -> None:
-    now = time.time()
-    taken = await asyncio.gather(*(store.claim("jti:x", f"owner{i}", 60, now) for i in range(20)))
-    assert taken.count(True) == 1
-    winner = f"owner{taken.index(True)}"
-    await store.release("jti:x", "somebody-else")
-    assert not await store.claim("jti:x", "late", 60, now)
-    await store.release("jti:x", winner)
-    assert await store.claim("jti:x", "late", 60, now)
-    assert await store.claim("jti:expired", "a", 1, now - 10)
-    assert await store.claim("jti:expired", "b", 60, now)
-
-
 async def test_cache_ttl(store: Store) -> None:
     now = time.time()
     await store.cache_set("meta:a", b"value", 3600, now)

@@ -98,18 +98,13 @@ class Store(Protocol):
 
     async def recall(self, scope: str, key: str, now: float) -> StoredResponse | None: ...
 
-    async def claim(self, name: str, owner: str, ttl_seconds: float, now: float) -> bool:
-        """Take a named claim (e.g. a vended token's jti) if nobody holds it."""
-
-    async def release(self, name: str, owner: str) -> None:
-        """Give a claim back, only if `owner` still holds it."""
-
     async def cache_get(self, key: str, now: float) -> bytes | None: ...
 
     async def cache_set(self, key: str, value: bytes, ttl_seconds: float, now: float) -> None: ...
 
     async def purge_expired(self, now: float) -> int:
-        """Drop expired keys, windows, claims and cache entries; never ledger entries."""
+        """Drop expired keys, windows, cache entries and claims earlier engines left; never
+        ledger entries."""
 
     # -- the job lifecycle (one vended token = one job) ---------------------------------
     async def consume_token(self, order: ConsumeOrder) -> str:

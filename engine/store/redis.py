@@ -11,7 +11,6 @@ server; nothing is read into Python and written back.  Key layout (see the READM
     {u:<user>}:idem:<scope>:<key>  string  fingerprint|stored receipt, expires with retention
     resp:<scope>:<key>      hash  remembered response (fingerprint, status, body)
     {u:<subject>}:rl:<window>  int  requests in a fixed window
-    claim:<name>            str   owner of a claim (e.g. a vended token's jti)
     cache:<key>             str   cached value
 
 On a single Redis every request's command goes out on one long-lived, auto-pipelined
@@ -172,7 +171,6 @@ class RedisStore(RedisJobs, RedisHistory):
         self._ledger_head = self._redis.register_script(lua.LEDGER_HEAD)
         self._hit = self._redis.register_script(lua.HIT_WINDOW)
         self._remember = self._redis.register_script(lua.REMEMBER)
-        self._release = self._redis.register_script(lua.RELEASE)
         self._tombstones = self._redis.register_script(lua.TOMBSTONE)
         self._drop_vends = self._redis.register_script(lua.DROP_VEND_RECORDS)
         self._register_job_scripts()
@@ -451,15 +449,6 @@ class RedisStore(RedisJobs, RedisHistory):
         if fingerprint is None or status is None or body is None:
             return None
         return StoredResponse(_text(fingerprint), int(status), body)
-
-    async def claim(self, name: str, owner: str, ttl_seconds: float, now: float) -> bool:
-        taken = await self._call(
-            "SET", f"claim:{name}", owner, "NX", "PXAT", _ms(now + ttl_seconds)
-        )
-        return bool(taken)
-
-    async def release(self, name: str, owner: str) -> None:
-        await self._run(self._release, [f"claim:{name}"], [owner])
 
     async def cache_get(self, key: str, now: float) -> bytes | None:
         value = await self._call("GET", f"cache:{key}")

@@ -204,12 +204,6 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[4])
 return {ARGV[1], ARGV[2], ARGV[3]}
 """
 
-# KEYS: claim.  ARGV: owner.
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 # KEYS: balance, ledger.  ARGV: reason (a JSON string), entry fields, keep ('1': even without an
 # account).  A refused vend: the user's balance and one `vend_refused` entry.  Returns
 # {id, entry}, or {0, ''} for a user without an account unless kept (the caller tallies it).

@@ -381,28 +381,6 @@ class SQLiteStore:
     async def recall(self, scope: str, key: str, now: float) -> StoredResponse | None:
         return await self._read(lambda conn: ops.stored_response(conn, scope, key, now))
 
-    async def claim(self, name: str, owner: str, ttl_seconds: float, now: float) -> bool:
-        def write(conn: Connection) -> bool:
-            held = ops.one(
-                conn.execute("SELECT 1 FROM claims WHERE name = ? AND expires_at > ?", (name, now))
-            )
-            if held:
-                return False
-            conn.execute(
-                "INSERT OR REPLACE INTO claims (name, owner, expires_at) VALUES (?,?,?)",
-                (name, owner, now + ttl_seconds),
-            )
-            return True
-
-        return await self._write(write)
-
-    async def release(self, name: str, owner: str) -> None:
-        await self._write(
-            lambda conn: conn.execute(
-                "DELETE FROM claims WHERE name = ? AND owner = ?", (name, owner)
-            )
-        )
-
     async def cache_get(self, key: str, now: float) -> bytes | None:
         def read(conn: Connection) -> bytes | None:
             row = ops.one(

@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS windows (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 
+-- Claims of earlier engines (a vended token now moves in vend_tokens): kept so their rows purge.
 CREATE TABLE IF NOT EXISTS claims (
     name       TEXT PRIMARY KEY,
     owner      TEXT NOT NULL,
