@@ -3,10 +3,11 @@
 Each domain operation is one Lua script or one single-key command, so it is atomic on the
 server; nothing is read into Python and written back.  Key layout (see the README):
 
-    {u:<user>}:bal          hash  balance, updated_at, vend:<requestId> -> vended | refunded
-    {u:<user>}:ledger       list  JSON audit entries, append-only, id = position; an entry
-                                  moved to the archive leaves "" (`redis_archive`)
-    {u:<user>}:archived     str   entries before this position are in the archive
+    {u:<user>}:bal          hash  balance, updated_at, vend:<requestId> -> vended | refunded,
+                                  trimmed: entries archived off the ledger's head
+    {u:<user>}:ledger       list  JSON audit entries, appended, id = trimmed + position; the
+                                  archiver trims the oldest off its head (`redis_archive`)
+    {u:<user>}:archived     str   earlier engines: entries before it are "" (archived)
     {u:<user>}:records      str   vends before this position have no vend:/tok: record left
     {u:<user>}:idem:<scope>:<key>  string  fingerprint|stored receipt, expires with retention
     resp:<scope>:<key>      hash  remembered response (fingerprint, status, body)
@@ -171,7 +172,9 @@ class RedisStore(RedisJobs, RedisHistory):
         self._ledger_head = self._redis.register_script(lua.LEDGER_HEAD)
         self._hit = self._redis.register_script(lua.HIT_WINDOW)
         self._remember = self._redis.register_script(lua.REMEMBER)
-        self._tombstones = self._redis.register_script(lua.TOMBSTONE)
+        self._page_script = self._redis.register_script(lua.PAGE)
+        self._head = self._redis.register_script(lua.HEAD)
+        self._trim_script = self._redis.register_script(lua.TRIM)
         self._drop_vends = self._redis.register_script(lua.DROP_VEND_RECORDS)
         self._register_job_scripts()
 
@@ -423,8 +426,7 @@ class RedisStore(RedisJobs, RedisHistory):
         return BalanceView(int(values[0]), _text(values[1]) if values[1] else None)
 
     async def audit(self, user_id: str, limit: int, after_id: int) -> list[AuditEntry]:
-        raw = await self._call("LRANGE", _user(user_id) + ":ledger", after_id, after_id + limit - 1)
-        return await self._entries(user_id, after_id + 1, raw)
+        return await self._page(user_id, after_id, limit)
 
     # -- request bookkeeping -------------------------------------------------------------
     async def hit_window(self, subject: str, window_seconds: int, now: float) -> WindowCount:

@@ -1,16 +1,22 @@
 """History leaves Redis's RAM: audit entries older than `AUDIT_HOT_SECONDS` move to an
 append-only SQLite archive file (`AUDIT_ARCHIVE_PATH`), every `ARCHIVE_INTERVAL_SECONDS`.
 
-An archived entry keeps its place in the user's Redis list as an empty string (a tombstone of
-two bytes in the list's listpack instead of ~740 bytes of JSON): an entry's id is its position
-(`redis_scripts`), so nothing that writes the ledger changes, and readers (`audit`,
-`read_ledger`) take each tombstone's entry from the archive by (user, id).
+Archived entries leave the user's Redis list altogether: the archiver trims them off its head
+(LTRIM) and adds their number to `trimmed` in the user's balance hash, in one script, and the
+scripts that write the ledger give an entry the id `trimmed + its position` (`redis_scripts`).
+So RAM per user holds one counter for its whole archived history, however long, and readers
+(`audit`, `read_ledger`) take ids up to `trimmed` from the archive by (user, id).
 
 Crash-safe and idempotent: a batch is first committed to the archive with
-`synchronous=FULL` (the commit returns after fsync), and only then are its positions
-tombstoned in Redis, so a crash between the two leaves entries in both places, and the next
-run archives them again with `INSERT OR IGNORE`.  Entries are immutable, so a tombstone written
-twice, or by two archivers at once (one per worker), is the same tombstone.
+`synchronous=FULL` (the commit returns after fsync), and only then trimmed off in Redis, so a
+crash between the two leaves entries in both places, and the next run archives them again with
+`INSERT OR IGNORE`.  The trim names the `trimmed` it saw and does nothing if it has moved, so
+two archivers at once (one per worker) archive the same immutable entries and trim them once.
+
+Stores of earlier engines left each archived entry in its list as an empty string (a
+tombstone) with no `trimmed`: readers take a tombstone's entry from the archive too, and the
+archiver's first pass trims the tombstones off like entries it archived (so they migrate by
+themselves, with no step at start-up).
 
 The archive is one file: several machines sharing one Redis must share its path too (or run
 the archiver on one of them, leaving it unset elsewhere, which also leaves reads there unable
@@ -142,6 +148,39 @@ class Archive:
         """`entries` of many users at once (a batch of `read_ledger`)."""
         return {user_id: self.entries(user_id, ids) for user_id, ids in wanted.items() if ids}
 
+    def heads(self, upto: Mapping[str, int]) -> dict[str, list[tuple[int, bytes]]]:
+        """Each user's archived entries with ids 1..`upto[user]`, in id order, in one query
+        (`read_ledger`: the archive's b-tree read in key order, a batch of users at a time)."""
+        wanted = [user_id for user_id, last in upto.items() if last > 0]
+        found: dict[str, list[tuple[int, bytes]]] = {user_id: [] for user_id in wanted}
+        if not wanted:
+            return found
+        marks = ",".join("?" * len(wanted))
+        with self._lock:
+            rows = self._connection().execute(
+                f"SELECT user_id, id, entry FROM archived WHERE user_id IN ({marks})"
+                " ORDER BY user_id, id",
+                wanted,
+            )
+            for user_id, entry_id, raw in rows:
+                if entry_id <= upto[user_id]:
+                    found[user_id].append((entry_id, raw))
+        return found
+
+    def page(self, user_id: str, after_id: int, last_id: int) -> list[tuple[int, bytes]]:
+        """One user's archived entries with ids after_id+1..last_id, in id order."""
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT id, entry FROM archived WHERE user_id = ? AND id > ? AND id <= ?"
+                    " ORDER BY id",
+                    (user_id, after_id, last_id),
+                )
+                .fetchall()
+            )
+        return [(int(entry_id), bytes(raw)) for entry_id, raw in rows]
+
     def has_vend(self, user_id: str, request_id: str) -> bool:
         """Whether an archived entry of `user_id` is the vend `request_id` (a scan of that
         user's archived entries: refunds are rare, and the archive has no index by id)."""
@@ -162,7 +201,7 @@ class Archive:
 
 def old_prefix(items: list[bytes], cutoff: str) -> int:
     """How many of `items` (a user's entries in order, so in time order) are older than
-    `cutoff`, counting tombstones too."""
+    `cutoff`, counting the tombstones of earlier engines (archived already) too."""
     for index, raw in enumerate(items):
         if raw and _at.decode(raw).at >= cutoff:
             return index

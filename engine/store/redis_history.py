@@ -24,20 +24,29 @@ from engine.store.redis_jobs import token_key
 
 log = logging.getLogger("engine.store.redis")
 _entry = msgspec.json.Decoder(AuditEntry)
-# Users whose ledger heads `read_ledger` asks for at once.
+# Users whose ledger heads `read_ledger` asks for at once, and the most archived entries it
+# reads for them in one query (a user with more is read a page at a time).
 LEDGER_USERS_PER_BATCH = 256
+ARCHIVED_ROWS_PER_BATCH = 50_000
 
 
 def _user(user_id: str) -> str:
     return "{u:" + user_id + "}"
 
 
-def _entry_at(position: int, raw: bytes) -> AuditEntry:
-    """A stored entry with its id, which is its 1-based position in the user's list (entries
-    written by earlier engines carry it already)."""
+def _entry_at(entry_id: int, raw: bytes) -> AuditEntry:
+    """A stored entry with its id (`redis_scripts`; entries written by earlier engines carry
+    it already)."""
     if raw.startswith(b'{"id":'):
         return _entry.decode(raw)
-    return _entry.decode(b'{"id":%d,' % position + raw[1:])
+    return _entry.decode(b'{"id":%d,' % entry_id + raw[1:])
+
+
+def _found(found: dict[int, bytes], user_id: str, entry_id: int) -> bytes:
+    raw = found.get(entry_id)
+    if raw is None:
+        raise StoreUnavailable(f"redis: the archive lacks entry {entry_id} of {user_id!r}")
+    return raw
 
 
 def _text(value: Any) -> str:
@@ -51,7 +60,9 @@ class RedisHistory:
     _archive: redis_archive.Archive | None
     _archive_settings: redis_archive.ArchiveSettings | None
     _ledger_head: AsyncScript
-    _tombstones: AsyncScript
+    _page_script: AsyncScript
+    _head: AsyncScript
+    _trim_script: AsyncScript
     _drop_vends: AsyncScript
 
     if TYPE_CHECKING:  # provided by RedisStore
@@ -62,38 +73,57 @@ class RedisHistory:
             self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]
         ) -> Any: ...
 
-    async def _entries(self, user_id: str, first_id: int, raw: list[bytes]) -> list[AuditEntry]:
-        """Entries from positions `first_id`..., each tombstone's taken from the archive."""
-        missing = [first_id + offset for offset, item in enumerate(raw) if not item]
+    def _from_archive(self) -> redis_archive.Archive:
+        if self._archive is None:
+            raise StoreUnavailable("redis: archived entries, but no AUDIT_ARCHIVE_PATH set")
+        return self._archive
+
+    async def _page(self, user_id: str, after_id: int, limit: int) -> list[AuditEntry]:
+        """Up to `limit` entries after `after_id`: those up to the trimmed head (and any
+        tombstone of earlier engines) from the archive, the rest from the list."""
+        key = _user(user_id)
+        trimmed, items = await self._run(
+            self._page_script, [key + ":bal", key + ":ledger"], [after_id, limit]
+        )
+        trimmed = int(trimmed)
+        listed = trimmed + 1 + max(0, after_id - trimmed)  # the id of items[0]
+        archived = list(range(after_id + 1, min(trimmed, after_id + limit) + 1))
+        missing = archived + [listed + n for n, item in enumerate(items) if not item]
         found: dict[int, bytes] = {}
         if missing:
-            if self._archive is None:
-                raise StoreUnavailable("redis: archived entries, but no AUDIT_ARCHIVE_PATH set")
-            found = await asyncio.to_thread(self._archive.entries, user_id, missing)
+            found = await asyncio.to_thread(self._from_archive().entries, user_id, missing)
+        entries = [_entry_at(entry_id, _found(found, user_id, entry_id)) for entry_id in archived]
+        return entries + [
+            _entry_at(listed + n, item or _found(found, user_id, listed + n))
+            for n, item in enumerate(items)
+        ]
+
+    async def _listed(self, user_id: str, first_id: int, raw: list[bytes]) -> list[AuditEntry]:
+        """Entries read from the list with ids `first_id`..., tombstones from the archive."""
+        missing = [first_id + n for n, item in enumerate(raw) if not item]
+        found: dict[int, bytes] = {}
+        if missing:
+            found = await asyncio.to_thread(self._from_archive().entries, user_id, missing)
         return [
-            _entry_at(first_id + offset, item or found[first_id + offset])
-            for offset, item in enumerate(raw)
+            _entry_at(first_id + n, item or _found(found, user_id, first_id + n))
+            for n, item in enumerate(raw)
         ]
 
     async def read_ledger(self, chunk_size: int = 1000) -> AsyncIterator[LedgerChunk]:
-        """Users found by SCAN (those with a ledger, then those with only a balance), a batch
-        of users' heads at a time: on a single Redis the batch's scripts share one pipelined
-        write.  Each user's balance is read with their ledger's length in one script; the
-        entries up to that length are then paged with LRANGE.  Memory: one batch of pages and
-        the set of user ids seen (SCAN may return a key twice)."""
-        seen: set[str] = set()
+        """Users found by SCAN (those with a ledger, and those with only a balance hash), in
+        sorted order, a batch at a time: on a single Redis the batch's head scripts share one
+        pipelined write, and the batch's archived entries are one query over the archive's
+        (user, id) b-tree, read in key order.  Memory: the sorted user ids, one batch of
+        heads, and at most `ARCHIVED_ROWS_PER_BATCH` archived entries."""
+        users: set[str] = set()
         for pattern, kind in (("{u:*}:ledger", "list"), ("{u:*}:bal", "hash")):
-            batch: list[str] = []
             async for key in self._redis.scan_iter(match=pattern, count=1000, _type=kind):
                 name = _text(key)
-                user_id = name[3 : name.rindex("}")]
-                if user_id not in seen:
-                    seen.add(user_id)
-                    batch.append(user_id)
-                if len(batch) >= LEDGER_USERS_PER_BATCH:
-                    async for chunk in self._read_users(batch, chunk_size):
-                        yield chunk
-                    batch = []
+                users.add(name[3 : name.rindex("}")])
+        ordered = sorted(users)
+        del users
+        for start in range(0, len(ordered), LEDGER_USERS_PER_BATCH):
+            batch = ordered[start : start + LEDGER_USERS_PER_BATCH]
             async for chunk in self._read_users(batch, chunk_size):
                 yield chunk
 
@@ -106,32 +136,42 @@ class RedisHistory:
                 for u in users
             )
         )
-        # The batch's archived entries in one trip to the archive's thread, not one per user.
-        missing = {
-            user_id: [n + 1 for n, item in enumerate(first) if not item]
-            for user_id, (_, _, first) in zip(users, heads, strict=True)
-        }
-        archived: dict[str, dict[int, bytes]] = {}
-        if any(missing.values()):
-            if self._archive is None:
-                raise StoreUnavailable("redis: archived entries, but no AUDIT_ARCHIVE_PATH set")
-            archived = await asyncio.to_thread(self._archive.entries_of, missing)
-        for user_id, (raw_balance, length, first) in zip(users, heads, strict=True):
+        # Heads first, then the archive: every id up to a head's `trimmed` was fsynced there
+        # before it was trimmed.  The batch's archived entries in one trip, as far as they fit.
+        together: dict[str, int] = {}
+        rows = 0
+        for user_id, (_, _, trimmed, _) in zip(users, heads, strict=True):
+            if int(trimmed) > 0 and rows + int(trimmed) <= ARCHIVED_ROWS_PER_BATCH:
+                together[user_id] = int(trimmed)
+                rows += int(trimmed)
+        archived: dict[str, list[tuple[int, bytes]]] = {}
+        if any(int(head[2]) for head in heads):
+            archived = await asyncio.to_thread(self._from_archive().heads, together)
+        for user_id, (raw_balance, length, trimmed, first) in zip(users, heads, strict=True):
             balance = int(raw_balance) if raw_balance not in (b"", "") else None
-            found = archived.get(user_id, {})
-            yield LedgerChunk(
-                user_id,
-                balance,
-                [_entry_at(n + 1, item or found[n + 1]) for n, item in enumerate(first)],
-            )
-            done = len(first)
-            while done < int(length):
-                stop = min(int(length), done + chunk_size) - 1
-                page = await self._call("LRANGE", _user(user_id) + ":ledger", done, stop)
-                yield LedgerChunk(user_id, balance, await self._entries(user_id, done + 1, page))
+            trimmed = int(trimmed)
+            done = 0
+            while done < trimmed:
+                if together.pop(user_id, 0):
+                    page = archived.pop(user_id, [])
+                else:
+                    last = min(trimmed, done + chunk_size)
+                    page = await asyncio.to_thread(self._from_archive().page, user_id, done, last)
+                if not page or page[0][0] != done + 1 or page[-1][0] - done != len(page):
+                    raise StoreUnavailable(f"redis: the archive lacks entries of {user_id!r}")
+                for at in range(0, len(page), chunk_size):
+                    part = page[at : at + chunk_size]
+                    yield LedgerChunk(user_id, balance, [_entry_at(i, raw) for i, raw in part])
                 done += len(page)
-                if not page:
+            if first or not trimmed:
+                yield LedgerChunk(user_id, balance, await self._listed(user_id, trimmed + 1, first))
+            done, end = trimmed + len(first), trimmed + int(length)
+            while done < end:
+                entries = await self._page(user_id, done, min(chunk_size, end - done))
+                if not entries:
                     break
+                yield LedgerChunk(user_id, balance, entries)
+                done += len(entries)
 
     async def ledger_size(self) -> int | None:
         """Unknown without a pass over every user."""
@@ -165,16 +205,18 @@ class RedisHistory:
     async def _drop_records(self, user_id: str, cutoff: str) -> int:
         """Drop the `vend:` and `tok:` records of archived vends older than `cutoff`
         (`redis_archive.VEND_RECORD_SECONDS`); returns how many vends."""
-        assert self._archive is not None
+        archive = self._from_archive()
         key, dropped = _user(user_id), 0
         while True:
             start = int(await self._call("GET", key + ":records") or 0)
-            end = int(await self._call("GET", key + ":archived") or 0)
+            # Archived: up to the trimmed head, or an earlier engine's tombstone cursor.
+            trimmed = int(await self._call("HGET", key + ":bal", "trimmed") or 0)
+            end = max(trimmed, int(await self._call("GET", key + ":archived") or 0))
             stop = min(end, start + redis_archive.ARCHIVE_BATCH_ENTRIES)
             if start >= stop:
                 return dropped
             positions = list(range(start + 1, stop + 1))
-            found = await asyncio.to_thread(self._archive.entries, user_id, positions)
+            found = await asyncio.to_thread(archive.entries, user_id, positions)
             old, vends = redis_archive.vends_before([found.get(p) for p in positions], cutoff)
             if old == 0:
                 return dropped
@@ -187,25 +229,27 @@ class RedisHistory:
                 return dropped
 
     async def _archive_user(self, user_id: str, cutoff: str) -> int:
-        assert self._archive is not None
-        moved = 0
+        archive, key, moved = self._from_archive(), _user(user_id), 0
+        batch = redis_archive.ARCHIVE_BATCH_ENTRIES
         while True:
-            # Where the last completed batch ended; a batch that crashed before its
-            # tombstones left the cursor where it was, and is done again.
-            start = int(await self._call("GET", _user(user_id) + ":archived") or 0)
-            batch = redis_archive.ARCHIVE_BATCH_ENTRIES
-            items = await self._call("LRANGE", _user(user_id) + ":ledger", start, start + batch - 1)
+            trimmed, items = await self._run(self._head, [key + ":bal", key + ":ledger"], [batch])
+            trimmed = int(trimmed)
             old = redis_archive.old_prefix(items, cutoff)
             if old == 0:
                 return moved
-            entries = [(start + n + 1, raw) for n, raw in enumerate(items[:old]) if raw]
+            # Tombstones of earlier engines are in the archive already: trimmed, not stored.
+            entries = [(trimmed + n + 1, raw) for n, raw in enumerate(items[:old]) if raw]
             # On disk first (fsynced), then out of RAM: a crash in between repeats the batch.
-            await asyncio.to_thread(self._archive.store, user_id, entries)
-            await self._tombstone(user_id, start + old, [entry_id - 1 for entry_id, _ in entries])
+            if entries:
+                await asyncio.to_thread(archive.store, user_id, entries)
             moved += len(entries)
+            if not await self._trim(user_id, trimmed, old):
+                continue  # another archiver trimmed first: look at the head again
             if old < len(items) or len(items) < batch:
                 return moved
 
-    async def _tombstone(self, user_id: str, cursor: int, positions: list[int]) -> None:
-        keys = [_user(user_id) + ":ledger", _user(user_id) + ":archived"]
-        await self._run(self._tombstones, keys, [cursor, *positions])
+    async def _trim(self, user_id: str, trimmed: int, count: int) -> bool:
+        """Trim `count` archived entries off the list's head, if it is still at `trimmed`."""
+        key = _user(user_id)
+        keys = [key + ":bal", key + ":ledger", key + ":archived"]
+        return bool(await self._run(self._trim_script, keys, [trimmed, count]))

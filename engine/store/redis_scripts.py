@@ -1,9 +1,10 @@
 """Lua scripts of the Redis backend: each domain operation is one script, so it is atomic.
 
 Every key a script touches carries the user's hash tag `{u:<user>}`, so each script runs on one
-Cluster slot.  Ledger entries are JSON in a per-user list; an entry's id is its 1-based
-position, so ids are unique and ordered *per user* (SQLite's are global), and the entry itself
-does not repeat it: readers add it from the position.
+Cluster slot.  Ledger entries are JSON in a per-user list; an entry's id is the number of the
+user's entries archived and trimmed off the list's head (`trimmed` in the balance hash,
+`redis_archive`) plus its 1-based position, so ids are unique and ordered *per user* (SQLite's
+are global), and the entry itself does not repeat it: readers add it from the position.
 
 Each `redis.call` inside a script costs Redis's one thread (which shares the machine with the
 engine) a microsecond or two besides the command itself, and every write is appended to the
@@ -24,8 +25,9 @@ _APPEND = """
 local function append(action, delta, balance_after, reason, fields)
   local entry = '{"action":"' .. action .. '","delta":' .. delta .. ',"balanceAfter":'
     .. balance_after .. ',"reason":' .. reason .. ',' .. fields .. '}'
-  -- The new length is the entry's position, which is its id.
-  return redis.call('RPUSH', KEYS[2], entry), entry
+  -- The new length is the entry's position; the trimmed head before it makes the id.
+  local id = redis.call('RPUSH', KEYS[2], entry)
+  return id + tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '0'), entry
 end
 local function balance()
   return tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')
@@ -157,23 +159,45 @@ return {'refunded', id, entry}
 )
 
 # KEYS: balance, ledger.  ARGV: page size.  One user's balance ('' without an account), ledger
-# length and first page at one instant; the list is append-only, so the rest of that length
-# reads the same afterwards, page by page (`RedisStore.read_ledger`).
+# length, trimmed head (ids up to it are in the archive) and first page at one instant; the
+# rest of that length is then read by id (`PAGE`), whatever the archiver trims meanwhile.
 LEDGER_HEAD = """
 local length = redis.call('LLEN', KEYS[2])
-return {redis.call('HGET', KEYS[1], 'balance') or '', length,
+local head = redis.call('HMGET', KEYS[1], 'balance', 'trimmed')
+return {head[1] or '', length, tonumber(head[2] or '0'),
   redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)}
 """
 
-# KEYS: ledger, archive cursor.  ARGV: the new cursor (positions before it are archived),
-# then the 0-based positions of entries the archive now holds (`redis_archive`).  An entry never
-# changes, so writing its tombstone twice is harmless; the cursor only moves forward.
-TOMBSTONE = """
-for i = 2, #ARGV do redis.call('LSET', KEYS[1], ARGV[i], '') end
-if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[2], ARGV[1])
-end
-return #ARGV - 1
+# KEYS: balance, ledger.  ARGV: after_id, limit.  The entries with ids after_id+1 ... still in
+# the list, and the trimmed head at that instant: {trimmed, items}; the first item's id is
+# trimmed + 1 + max(0, after_id - trimmed), and the ids up to `trimmed` are in the archive.
+PAGE = """
+local trimmed = tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '0')
+local first = math.max(0, tonumber(ARGV[1]) - trimmed)
+local last = tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1 - trimmed
+if last < first then return {trimmed, {}} end
+return {trimmed, redis.call('LRANGE', KEYS[2], first, last)}
+"""
+
+# KEYS: balance, ledger.  ARGV: how many entries.  The archiver's view of one user: the trimmed
+# head and the list's first entries, at one instant.
+HEAD = """
+return {tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '0'),
+  redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)}
+"""
+
+# KEYS: balance, ledger, the tombstone cursor of earlier engines.  ARGV: the trimmed head the
+# archiver saw, how many entries off the list's head the archive now holds (fsynced).  Only if
+# no one trimmed meanwhile (two archivers at once: the second finds the head moved and looks
+# again), so every id stays the same; returns 1 if it trimmed.
+TRIM = """
+local trimmed = tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '0')
+if trimmed ~= tonumber(ARGV[1]) then return 0 end
+redis.call('LTRIM', KEYS[2], tonumber(ARGV[2]), -1)
+trimmed = trimmed + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'trimmed', trimmed)
+if tonumber(redis.call('GET', KEYS[3]) or '0') <= trimmed then redis.call('DEL', KEYS[3]) end
+return 1
 """
 
 # KEYS: balance hash, records cursor, then the token records of the vends.  ARGV: the cursor's
