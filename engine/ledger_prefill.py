@@ -194,7 +194,7 @@ async def run_prefill(store: Store, entries: int, users: int, seed: int) -> Pref
     started = finished - YEAR_SECONDS
     await store.open()
     try:
-        if isinstance(store, SQLiteStore):
+        if isinstance(store, SQLiteStore) or store.backend == "redis":
             shape = sqlite_prefill.Shape(
                 YEAR_SECONDS,
                 IDEMPOTENCY_TTL_SECONDS,
@@ -204,7 +204,13 @@ async def run_prefill(store: Store, entries: int, users: int, seed: int) -> Pref
                 _VEND_FINGERPRINT,
                 _CONTEXTS,
             )
-            written, granted, statuses = store.prefill(entries, users, seed, finished, shape)
+            if isinstance(store, SQLiteStore):
+                written, granted, statuses = store.prefill(entries, users, seed, finished, shape)
+            else:  # Redis: keys and archive rows in bulk (`redis_prefill`)
+                from engine.store import redis_prefill
+
+                bulk = redis_prefill.prefill(store, entries, users, seed, finished, shape)
+                written, granted, statuses = await bulk
             return Prefilled(written, granted, dict(sorted(statuses.items())))
         workload = _Workload(users, seed)
         counted: Counter[str] = Counter()
