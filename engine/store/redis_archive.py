@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS archived (
 ) WITHOUT ROWID;
 """
 
+# An archived entry as JSON with its id (entries of earlier engines carry it already).
+_WITH_ID = (
+    "CASE WHEN substr(entry, 1, 6) = X'7B226964223A' THEN entry"
+    " ELSE CAST('{\"id\":' || id || ',' || CAST(substr(entry, 2) AS TEXT) AS BLOB) END"
+)
 
 # A vend's `vend:<requestId>` field and its token's `tok:<jti>` record are what make a refund
 # at-most-once and a refunded or used token worthless; they stay in RAM until the vend is this
@@ -148,23 +153,25 @@ class Archive:
         """`entries` of many users at once (a batch of `read_ledger`)."""
         return {user_id: self.entries(user_id, ids) for user_id, ids in wanted.items() if ids}
 
-    def heads(self, upto: Mapping[str, int]) -> dict[str, list[tuple[int, bytes]]]:
-        """Each user's archived entries with ids 1..`upto[user]`, in id order, in one query
-        (`read_ledger`: the archive's b-tree read in key order, a batch of users at a time)."""
+    def heads(self, upto: Mapping[str, int]) -> dict[str, list[bytes]]:
+        """Each user's archived entries with ids 1..`upto[user]`, in id order, each with its
+        id put in by SQLite (`_WITH_ID`), in one query: `read_ledger` reads the archive's
+        b-tree in key order, a batch of users at a time, and decodes a user's entries with one
+        call.  All ids are there if a user's list is `upto[user]` long (ids are unique)."""
         wanted = [user_id for user_id, last in upto.items() if last > 0]
-        found: dict[str, list[tuple[int, bytes]]] = {user_id: [] for user_id in wanted}
+        found: dict[str, list[bytes]] = {user_id: [] for user_id in wanted}
         if not wanted:
             return found
         marks = ",".join("?" * len(wanted))
         with self._lock:
             rows = self._connection().execute(
-                f"SELECT user_id, id, entry FROM archived WHERE user_id IN ({marks})"
+                f"SELECT user_id, id, {_WITH_ID} FROM archived WHERE user_id IN ({marks})"
                 " ORDER BY user_id, id",
                 wanted,
             )
             for user_id, entry_id, raw in rows:
                 if entry_id <= upto[user_id]:
-                    found[user_id].append((entry_id, raw))
+                    found[user_id].append(raw)
         return found
 
     def page(self, user_id: str, after_id: int, last_id: int) -> list[tuple[int, bytes]]:

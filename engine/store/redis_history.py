@@ -24,6 +24,7 @@ from engine.store.redis_jobs import token_key
 
 log = logging.getLogger("engine.store.redis")
 _entry = msgspec.json.Decoder(AuditEntry)
+_entries = msgspec.json.Decoder(list[AuditEntry])
 # Users whose ledger heads `read_ledger` asks for at once, and the most archived entries it
 # reads for them in one query (a user with more is read a page at a time).
 LEDGER_USERS_PER_BATCH = 256
@@ -122,12 +123,29 @@ class RedisHistory:
                 users.add(name[3 : name.rindex("}")])
         ordered = sorted(users)
         del users
-        for start in range(0, len(ordered), LEDGER_USERS_PER_BATCH):
-            batch = ordered[start : start + LEDGER_USERS_PER_BATCH]
-            async for chunk in self._read_users(batch, chunk_size):
-                yield chunk
+        batches = [
+            ordered[start : start + LEDGER_USERS_PER_BATCH]
+            for start in range(0, len(ordered), LEDGER_USERS_PER_BATCH)
+        ]
+        # The next batch is fetched (Redis, then the archive on its thread) while this one is
+        # decoded and checked.
+        fetching = asyncio.ensure_future(self._fetch(batches[0], chunk_size)) if batches else None
+        for index, batch in enumerate(batches):
+            assert fetching is not None
+            fetched = await fetching
+            fetching = None
+            if index + 1 < len(batches):
+                fetching = asyncio.ensure_future(self._fetch(batches[index + 1], chunk_size))
+            try:
+                async for chunk in self._read_users(batch, chunk_size, *fetched):
+                    yield chunk
+            except BaseException:
+                if fetching is not None:
+                    fetching.cancel()
+                raise
 
-    async def _read_users(self, users: list[str], chunk_size: int) -> AsyncIterator[LedgerChunk]:
+    async def _fetch(self, users: list[str], chunk_size: int) -> tuple[list[Any], set[str], Any]:
+        """A batch's heads, then the archived entries of those whose history fits one query."""
         heads = await asyncio.gather(
             *(
                 self._run(
@@ -137,31 +155,43 @@ class RedisHistory:
             )
         )
         # Heads first, then the archive: every id up to a head's `trimmed` was fsynced there
-        # before it was trimmed.  The batch's archived entries in one trip, as far as they fit.
+        # before it was trimmed.
         together: dict[str, int] = {}
         rows = 0
         for user_id, (_, _, trimmed, _) in zip(users, heads, strict=True):
             if int(trimmed) > 0 and rows + int(trimmed) <= ARCHIVED_ROWS_PER_BATCH:
                 together[user_id] = int(trimmed)
                 rows += int(trimmed)
-        archived: dict[str, list[tuple[int, bytes]]] = {}
+        archived: dict[str, list[bytes]] = {}
         if any(int(head[2]) for head in heads):
             archived = await asyncio.to_thread(self._from_archive().heads, together)
+        return heads, set(together), archived
+
+    async def _read_users(
+        self,
+        users: list[str],
+        chunk_size: int,
+        heads: list[Any],
+        together: set[str],
+        archived: dict[str, list[bytes]],
+    ) -> AsyncIterator[LedgerChunk]:
         for user_id, (raw_balance, length, trimmed, first) in zip(users, heads, strict=True):
             balance = int(raw_balance) if raw_balance not in (b"", "") else None
             trimmed = int(trimmed)
-            done = 0
-            while done < trimmed:
-                if together.pop(user_id, 0):
-                    page = archived.pop(user_id, [])
-                else:
-                    last = min(trimmed, done + chunk_size)
-                    page = await asyncio.to_thread(self._from_archive().page, user_id, done, last)
+            if user_id in together:
+                known = archived.pop(user_id, [])
+                if len(known) != trimmed:
+                    raise StoreUnavailable(f"redis: the archive lacks entries of {user_id!r}")
+                for at in range(0, trimmed, chunk_size):
+                    part = b",".join(known[at : at + chunk_size])
+                    yield LedgerChunk(user_id, balance, _entries.decode(b"[" + part + b"]"))
+            done = 0 if user_id not in together else trimmed
+            while done < trimmed:  # a long archived history: a page at a time
+                last = min(trimmed, done + chunk_size)
+                page = await asyncio.to_thread(self._from_archive().page, user_id, done, last)
                 if not page or page[0][0] != done + 1 or page[-1][0] - done != len(page):
                     raise StoreUnavailable(f"redis: the archive lacks entries of {user_id!r}")
-                for at in range(0, len(page), chunk_size):
-                    part = page[at : at + chunk_size]
-                    yield LedgerChunk(user_id, balance, [_entry_at(i, raw) for i, raw in part])
+                yield LedgerChunk(user_id, balance, [_entry_at(i, raw) for i, raw in page])
                 done += len(page)
             if first or not trimmed:
                 yield LedgerChunk(user_id, balance, await self._listed(user_id, trimmed + 1, first))

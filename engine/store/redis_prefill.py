@@ -17,8 +17,10 @@ Nothing else may write to these users meanwhile.
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +34,6 @@ from engine.store.redis import RedisStore, _entry_fields
 from engine.store.redis_history import _user
 from engine.store.redis_jobs import _job_key, token_key
 from engine.store.sqlite_prefill import PrefillRefused, Shape
-from engine.timeutil import iso
 
 ARCHIVE_ROWS_PER_COMMIT = 200_000
 COMMANDS_PER_PIPELINE = 5_000
@@ -54,6 +55,22 @@ class _User:
     keys: list[tuple[str, float]] = field(default_factory=list)  # (key, record expires at)
     kept: dict[str, str] = field(default_factory=dict)  # vend:<requestId> records in RAM
     hot: list[bytes] = field(default_factory=list)  # entries for the list, not yet written
+
+
+_DAYS: dict[int, str] = {}
+
+
+def _iso(epoch_seconds: float) -> str:
+    """`timeutil.iso`, with each day's date formatted once (`iso` caches a few seconds, and
+    every prefilled entry has a second of its own)."""
+    second = int(epoch_seconds)
+    day, in_day = divmod(second, 86400)
+    date = _DAYS.get(day)
+    if date is None:
+        date = _DAYS[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86400))
+    hours, rest = divmod(in_day, 3600)
+    millis = int((epoch_seconds - second) * 1000)
+    return f"{date}{hours:02d}:{rest // 60:02d}:{rest % 60:02d}.{millis:03d}Z"
 
 
 def _entry(action: str, delta: int, after: int, reason: str, fields: bytes) -> bytes:
@@ -107,9 +124,9 @@ class _Writer:
 def _open_archive(settings: redis_archive.ArchiveSettings) -> sqlite3.Connection:
     settings.path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(settings.path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # A prefill that crashes is started again on a new store: no fsync per commit (the file is
-    # synced once at the end, by the checkpoint's own fsync under synchronous=FULL).
+    # A prefill that crashes is started again on a new store: no journal and no fsync while it
+    # writes; the file is synced and put back in WAL mode (the archiver's) at the end.
+    conn.execute("PRAGMA journal_mode=OFF")
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-262144")
     conn.executescript(redis_archive._SCHEMA)
@@ -139,10 +156,13 @@ async def prefill(
         await writer.flush_redis()
         if archive is not None:
             archive.execute("PRAGMA synchronous=FULL")
-            archive.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            archive.execute("PRAGMA journal_mode=WAL")  # rewrites the header, synced
     finally:
         if archive is not None:
             archive.close()
+    if settings is not None:
+        with settings.path.open("rb+") as synced:
+            os.fsync(synced.fileno())
     return written, granted, statuses
 
 
@@ -164,8 +184,7 @@ async def _generate(
     written = serial = 0
     pending: list[_User] = []  # users with hot entries not yet written, in order
 
-    async def append(user: _User, action: str, delta: int, reason: str, fields: bytes) -> None:
-        nonlocal pending
+    def append(user: _User, action: str, delta: int, reason: str, fields: bytes) -> None:
         user.count += 1
         entry = _entry(action, delta, user.balance, reason, fields)
         if now < hot_cutoff:
@@ -177,15 +196,10 @@ async def _generate(
             if not user.hot:
                 pending.append(user)
             user.hot.append(entry)
-            if len(pending) >= COMMANDS_PER_PIPELINE:  # the hot tail, in order, a user at a time
-                for each in pending:
-                    await writer.command("RPUSH", _user(each.user_id) + ":ledger", *each.hot)
-                    each.hot = []
-                pending = []
 
     while written < entries:
         now = started + shape.year_seconds * written / entries
-        at = iso(now)
+        at = _iso(now)
         user, roll = people[rng.randrange(users)], rng.random()
         serial += 1
         context: Context = shape.contexts[serial % len(shape.contexts)]
@@ -195,9 +209,7 @@ async def _generate(
             user.granted = True
             amount = rng.choice((5, 10, 20, 30))
             user.balance += amount
-            await append(
-                user, "grant", amount, "purchase", _entry_fields(uid, request_id, context, at)
-            )
+            append(user, "grant", amount, "purchase", _entry_fields(uid, request_id, context, at))
             status = "granted"
         elif roll < 0.07 and user.vends:
             vend, used = user.vends.pop(rng.randrange(len(user.vends)))
@@ -206,7 +218,7 @@ async def _generate(
             else:
                 user.balance += 1
                 fields = _entry_fields(uid, vend, context, at)
-                await append(user, "refund", 1, "upstream_failed", fields)
+                append(user, "refund", 1, "upstream_failed", fields)
                 if vend in user.kept:
                     user.kept[vend] = "refunded"
                 status = "refunded"
@@ -232,11 +244,11 @@ async def _generate(
             vend_id = vend_request_id(jti)
             fields = _entry_fields(uid, vend_id, context, at)
             if user.balance <= 0:
-                await append(user, "vend_refused", 0, "insufficient_credits", fields)
+                append(user, "vend_refused", 0, "insufficient_credits", fields)
                 status = "insufficient"
             else:
                 user.balance -= 1
-                await append(user, "vend", -1, "", fields)
+                append(user, "vend", -1, "", fields)
                 if now >= records_cutoff:
                     user.kept[vend_id] = "vended"
                 if now + shape.idempotency_ttl > finished:
@@ -262,6 +274,11 @@ async def _generate(
                         await _job(writer, uid, jti, vend_id, job_id, now, shape.job_retention)
                 status = "charged"
         statuses[status] += 1
+        if len(pending) >= COMMANDS_PER_PIPELINE:  # the hot tail, in order, a user at a time
+            for each in pending:
+                await writer.command("RPUSH", _user(each.user_id) + ":ledger", *each.hot)
+                each.hot = []
+            pending = []
         if status != "token_used" and status != "remembered":
             written += 1
         if status in ("granted", "charged", "refunded"):
