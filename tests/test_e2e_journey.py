@@ -352,6 +352,7 @@ def test_the_webhook_records_the_outcome_before_any_poll_and_only_once(
     payload = delivery.payload
     signature = delivery.headers["x-tttranscribe-signature"]
     assert sign_8_3(stack.engine.ttt_secret, payload) == signature == payload["signature"]
+
     # A completed delivery carries no transcript: the engine fetched it once, on receipt.
     # Counted for this job only: earlier tests' unpolled jobs settle and fetch meanwhile.
     def fetches() -> int:
