@@ -37,6 +37,8 @@ from engine.store.sqlite_prefill import PrefillRefused, Shape
 
 ARCHIVE_ROWS_PER_COMMIT = 200_000
 COMMANDS_PER_PIPELINE = 5_000
+# Arguments (mostly entries) in one pipeline: a write of ~15 MB, well inside the reply timeout.
+ARGUMENTS_PER_PIPELINE = 50_000
 _INSERT = "INSERT INTO archived (user_id, id, entry) VALUES (?,?,?)"
 _encode = msgspec.json.encode
 _COMPLETED = b'{"status":"completed","progress":100}'
@@ -91,10 +93,12 @@ class _Writer:
         self.archive = archive
         self.rows: list[tuple[str, int, bytes]] = []
         self.commands: list[tuple[Any, ...]] = []
+        self.arguments = 0
 
     async def command(self, *command: Any) -> None:
         self.commands.append(command)
-        if len(self.commands) >= COMMANDS_PER_PIPELINE:
+        self.arguments += len(command)
+        if len(self.commands) >= COMMANDS_PER_PIPELINE or self.arguments >= ARGUMENTS_PER_PIPELINE:
             await self.flush_redis()
 
     def row(self, user_id: str, entry_id: int, entry: bytes) -> None:
@@ -110,6 +114,7 @@ class _Writer:
             pipe.execute_command(*command)
         await pipe.execute()
         self.commands = []
+        self.arguments = 0
 
     def flush_archive(self) -> None:
         if self.archive is None or not self.rows:
@@ -183,8 +188,10 @@ async def _generate(
     statuses: Counter[str] = Counter()
     written = serial = 0
     pending: list[_User] = []  # users with hot entries not yet written, in order
+    held = 0  # and how many entries they hold
 
     def append(user: _User, action: str, delta: int, reason: str, fields: bytes) -> None:
+        nonlocal held
         user.count += 1
         entry = _entry(action, delta, user.balance, reason, fields)
         if now < hot_cutoff:
@@ -195,6 +202,7 @@ async def _generate(
         else:
             if not user.hot:
                 pending.append(user)
+            held += 1
             user.hot.append(entry)
 
     while written < entries:
@@ -274,11 +282,11 @@ async def _generate(
                         await _job(writer, uid, jti, vend_id, job_id, now, shape.job_retention)
                 status = "charged"
         statuses[status] += 1
-        if len(pending) >= COMMANDS_PER_PIPELINE:  # the hot tail, in order, a user at a time
+        if held >= ARGUMENTS_PER_PIPELINE:  # the hot tail, in order, a user at a time
             for each in pending:
                 await writer.command("RPUSH", _user(each.user_id) + ":ledger", *each.hot)
                 each.hot = []
-            pending = []
+            pending, held = [], 0
         if status != "token_used" and status != "remembered":
             written += 1
         if status in ("granted", "charged", "refunded"):
