@@ -107,10 +107,13 @@ class Archive:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # The wait first: two archivers opening the file at once would otherwise find it
+            # locked while the other one switches it to WAL.
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
-            conn.execute("PRAGMA busy_timeout=30000")
             conn.executescript(_SCHEMA)
             self._conn = conn
         return self._conn

@@ -203,9 +203,18 @@ return 1
 # KEYS: balance hash, records cursor, then the token records of the vends.  ARGV: the cursor's
 # new position, then the vends' requestIds.  The records of archived vends leave RAM
 # (`RedisHistory._drop_records`), in one step with the cursor.
+# A hash that grew past Redis's compact (listpack) size stays a hashtable after HDEL, with a
+# bucket array that need not shrink (not while an AOF rewrite runs): one left small is
+# rewritten, which makes it compact again.
 DROP_VEND_RECORDS = """
 for i = 2, #ARGV do redis.call('HDEL', KEYS[1], 'vend:' .. ARGV[i]) end
 for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
+if redis.call('HLEN', KEYS[1]) <= 64
+    and redis.call('OBJECT', 'ENCODING', KEYS[1]) == 'hashtable' then
+  local fields = redis.call('HGETALL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], unpack(fields))
+end
 if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[2], ARGV[1])
 end
