@@ -55,10 +55,6 @@ class _Histogram:
         self.buckets = [0] * (len(BUCKETS) + 1)
         self.total = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.buckets[bisect_left(BUCKETS, seconds)] += 1
-        self.total += seconds
-
 
 def multiprocess_dir() -> str:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
@@ -133,19 +129,24 @@ class Metrics:
         pending = self._pending_requests.get(key)
         if pending is None:
             pending = self._pending_requests[key] = _Histogram()
-        pending.observe(seconds)
-        if route == _VEND_ROUTE and (outcome or code):
-            self._count(self._vends, (outcome or code,))
-        elif route == _REFUND_ROUTE and (outcome or code):
-            self._count(self._refunds, (outcome or code,))
+        # The bucket count and `_schedule` inline: this runs for every request.
+        pending.buckets[bisect_left(BUCKETS, seconds)] += 1
+        pending.total += seconds
+        if outcome or code:
+            if route == _VEND_ROUTE:
+                self._count(self._vends, (outcome or code,))
+            elif route == _REFUND_ROUTE:
+                self._count(self._refunds, (outcome or code,))
         if code:
             self._count(self._refusals, (route, code))
             if status == 429:
                 self._count(self._rate_limited, (route,))
-        self._schedule()
+        if self._flusher is None:
+            self._schedule()
 
-    def store_operation(self, operation: str, seconds: float) -> None:
-        self._observe(self._store, (operation,), seconds)
+    def store_key(self, operation: str) -> tuple[Any, tuple[str, ...]]:
+        """What `observe` takes for one store operation, built once per operation name."""
+        return (self._store, (operation,))
 
     def upstream_call(self, upstream: str, success: bool, seconds: float, state: str) -> None:
         self._observe(self._upstream, (upstream, "success" if success else "failure"), seconds)
@@ -156,12 +157,16 @@ class Metrics:
         self._pending_counts[key] = self._pending_counts.get(key, 0) + 1
 
     def _observe(self, metric: Any, labels: tuple[str, ...], seconds: float) -> None:
-        key = (metric, labels)
+        self.observe((metric, labels), seconds)
+
+    def observe(self, key: tuple[Any, tuple[str, ...]], seconds: float) -> None:
         pending = self._pending_hist.get(key)
         if pending is None:
             pending = self._pending_hist[key] = _Histogram()
-        pending.observe(seconds)
-        self._schedule()
+        pending.buckets[bisect_left(BUCKETS, seconds)] += 1
+        pending.total += seconds
+        if self._flusher is None:
+            self._schedule()
 
     def _schedule(self) -> None:
         if self._flusher is None:
@@ -251,7 +256,7 @@ class TimedStore:
             return attribute
         if not inspect.iscoroutinefunction(attribute):  # a plain method stays plain
             return attribute
-        observe = self._metrics.store_operation
+        observe, key = self._metrics.observe, self._metrics.store_key(name)
         clock = time.perf_counter
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
@@ -259,7 +264,7 @@ class TimedStore:
             try:
                 return await attribute(*args, **kwargs)
             finally:
-                observe(name, clock() - started)
+                observe(key, clock() - started)
 
         setattr(self, name, timed)  # looked up once per name
         return timed
