@@ -19,23 +19,30 @@ from engine import Settings, create_app
 from engine.observability.logs import FLUSH_LINES, AccessLog
 
 
+class _Stream(io.StringIO):
+    """A log stream that says when something was written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = asyncio.Event()
+
+    def write(self, text: str) -> int:
+        self.written.set()
+        return super().write(text)
+
+
 async def test_lines_wait_for_one_write_and_arrive_in_order() -> None:
-    stream = io.StringIO()
+    stream = _Stream()
     log = AccessLog(json_lines=True, stream=stream)
     for i in range(3):
         log.write(log.line("POST", "/v1/vend-token", 200, 1.5, f"u{i}", f"r{i}"))
     await asyncio.sleep(0)  # a loop turn alone writes nothing
-    assert stream.getvalue() == ""
+    assert not stream.written.is_set()
     # The timer writes them, without any explicit flush.
-    async with asyncio.timeout(10):
-        while not stream.getvalue():
-            await asyncio.sleep(0.01)
+    await asyncio.wait_for(stream.written.wait(), timeout=10)
     written = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [(e["userId"], e["requestId"]) for e in written] == [
-        ("u0", "r0"),
-        ("u1", "r1"),
-        ("u2", "r2"),
-    ]
+    users = [(e["userId"], e["requestId"]) for e in written]
+    assert users == [("u0", "r0"), ("u1", "r1"), ("u2", "r2")]
 
 
 async def test_a_full_batch_is_written_at_once() -> None:
