@@ -4,7 +4,9 @@ kept under its limit.  (How long a batch holds the loop is measured by
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import pytest
 from engine.store import sqlite as sqlite_module
 from engine.store import sqlite_ledger
 from engine.store.records import Context, GrantOrder, StoredResponse, VendOrder
-from engine.store.sqlite import PURGE_BATCH_ROWS, SQLiteStore
+from engine.store.sqlite import SQLiteStore
+from engine.store.sqlite_ledger import PURGE_MAX_ROWS, PURGE_MIN_ROWS, next_purge_limit
 
 CTX = Context("127.0.0.1", "upkeep-test")
 
@@ -24,7 +27,7 @@ async def test_the_purge_deletes_expired_rows_in_batches_and_keeps_live_ones(
     store = SQLiteStore(tmp_path / "purge.db")
     await store.open()
     now = time.time()
-    expired, live = PURGE_BATCH_ROWS * 2 + 7, 25
+    expired, live = PURGE_MAX_ROWS * 2 + 7, 25
     for n in range(expired + live):
         ttl = -10 if n < expired else 3600
         response = StoredResponse("fp", 200, b"{}")
@@ -34,17 +37,20 @@ async def test_the_purge_deletes_expired_rows_in_batches_and_keeps_live_ones(
     earlier.close()
     await store.cache_set("old", b"x", -1, now)
     await store.cache_set("new", b"y", 3600, now)
-    sizes: list[int] = []
+    batches: list[tuple[int, int, int]] = []  # (limit, deleted, thread)
     batch = sqlite_ledger.purge_batch
 
-    def counted(conn: sqlite3.Connection, table: str, now: float, limit: int) -> int:
+    def recorded(conn: sqlite3.Connection, table: str, now: float, limit: int) -> int:
         deleted = batch(conn, table, now, limit)
-        sizes.append(deleted)
+        batches.append((limit, deleted, threading.get_ident()))
         return deleted
 
-    monkeypatch.setattr(sqlite_ledger, "purge_batch", counted)
+    monkeypatch.setattr(sqlite_ledger, "purge_batch", recorded)
     assert await store.purge_expired(now) == expired + 2
-    assert max(sizes) == PURGE_BATCH_ROWS  # never more than one batch at once
+    assert all(PURGE_MIN_ROWS <= limit <= PURGE_MAX_ROWS for limit, _, _ in batches)
+    assert all(deleted <= limit for limit, deleted, _ in batches)
+    # Never on the event loop's thread: a batch there holds every request for its duration.
+    assert threading.get_ident() not in {thread for _, _, thread in batches}
     assert await store.recall("scope", f"k{expired}", now) is not None
     assert await store.cache_get("new", now) == b"y"
     await store.close()
@@ -58,6 +64,36 @@ async def test_the_purge_deletes_expired_rows_in_batches_and_keeps_live_ones(
     conn.close()
     assert remaining == live
     assert "responses_by_expiry" in str(plan)  # a range read of the index, not a scan
+
+
+async def test_vends_go_on_while_the_purge_runs_and_none_is_lost(tmp_path: Path) -> None:
+    """The purge's thread and the loop's group commit share the writers' lock: vends issued
+    between (and while) batches all commit, and the purge still deletes what expired."""
+    store = SQLiteStore(tmp_path / "both.db")
+    await store.open()
+    now = time.time()
+    await store.grant(GrantOrder("ann", 1000, "g", "", None, CTX, now))
+    for n in range(PURGE_MAX_ROWS + 3):
+        await store.remember("scope", f"k{n}", StoredResponse("fp", 200, b"{}"), -10, now)
+
+    async def vends() -> None:
+        for n in range(200):
+            rid = f"v{n}"
+            await store.spend(VendOrder("ann", rid, rid, 1, 2, None, None, CTX, now))
+
+    purged, _ = await asyncio.gather(store.purge_expired(now), vends())
+    assert purged == PURGE_MAX_ROWS + 3
+    assert (await store.balance("ann")).balance == 800
+    await store.close()
+
+
+def test_the_purge_limit_shrinks_after_a_slow_batch_and_grows_after_a_quick_one() -> None:
+    """The row limit follows how long the last batch held the writers' lock (a pure function
+    of the two, so no clock here): a batch stays short whatever a row costs on this file."""
+    assert next_purge_limit(256, held_seconds=1.0) == 128
+    assert next_purge_limit(PURGE_MIN_ROWS, held_seconds=1.0) == PURGE_MIN_ROWS
+    assert next_purge_limit(256, held_seconds=0.0) == 512
+    assert next_purge_limit(PURGE_MAX_ROWS, held_seconds=0.0) == PURGE_MAX_ROWS
 
 
 async def test_a_wal_past_its_limit_is_truncated_by_the_checkpointer(

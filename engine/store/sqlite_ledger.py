@@ -210,6 +210,27 @@ PURGED_TABLES = {
 }
 
 
+# A batch holds the writers' lock, so a vend that arrives meanwhile waits for the rest of it:
+# the row limit is paced so that a batch takes about `PURGE_TARGET_SECONDS` on this file and
+# machine (a row's cost varies tenfold with how much of the file is cached and how many
+# index pages its delete dirties), between the two bounds below.
+PURGE_TARGET_SECONDS = 0.005
+PURGE_MIN_ROWS = 16
+PURGE_MAX_ROWS = 1024
+PURGE_FIRST_ROWS = 64
+
+
+def next_purge_limit(limit: int, held_seconds: float) -> int:
+    """The row limit for the batch after one of `limit` rows that held the lock this long:
+    halved when it took longer than the target, doubled when it took under half of it (so,
+    with a row's cost steady, the doubled batch still ends within the target)."""
+    if held_seconds > PURGE_TARGET_SECONDS:
+        return max(PURGE_MIN_ROWS, limit // 2)
+    if held_seconds < PURGE_TARGET_SECONDS / 2:
+        return min(PURGE_MAX_ROWS, limit * 2)
+    return limit
+
+
 def purge_batch(conn: Connection, table: str, now: float, limit: int) -> int:
     """Delete up to `limit` rows of `table` that expired by `now`, oldest expiry first."""
     key = PURGED_TABLES[table]
