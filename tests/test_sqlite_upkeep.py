@@ -87,6 +87,41 @@ async def test_vends_go_on_while_the_purge_runs_and_none_is_lost(tmp_path: Path)
     await store.close()
 
 
+async def test_purge_batches_and_checkpoints_each_run_holding_the_upkeep_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So they never run at once: beside a purge a checkpoint never caught up with the WAL and
+    paused the writers for long.  (That they did not overlap in one run would depend on
+    timing; that each holds the one lock while it runs does not.)"""
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_INTERVAL_SECONDS", 0.0)  # back to back
+    store = SQLiteStore(tmp_path / "lock.db")
+    loop = asyncio.get_running_loop()
+    checkpointed = asyncio.Event()
+    held: list[tuple[str, bool]] = []
+    checkpoint, batch = store.checkpoint, sqlite_ledger.purge_batch
+
+    def recorded_checkpoint() -> None:
+        held.append(("checkpoint", store._upkeep.locked()))
+        checkpoint()
+        loop.call_soon_threadsafe(checkpointed.set)
+
+    def recorded_batch(conn: sqlite3.Connection, table: str, now: float, limit: int) -> int:
+        held.append(("purge", store._upkeep.locked()))
+        return batch(conn, table, now, limit)
+
+    monkeypatch.setattr(store, "checkpoint", recorded_checkpoint)
+    monkeypatch.setattr(sqlite_ledger, "purge_batch", recorded_batch)
+    await store.open()
+    now = time.time()
+    for n in range(100):
+        await store.remember("scope", f"k{n}", StoredResponse("fp", 200, b"{}"), -10, now)
+    assert await store.purge_expired(now) == 100
+    await checkpointed.wait()
+    await store.close()
+    assert {kind for kind, _ in held} == {"checkpoint", "purge"}
+    assert all(locked for _, locked in held)
+
+
 def test_the_purge_limit_shrinks_after_a_slow_batch_and_grows_after_a_quick_one() -> None:
     """The row limit follows how long the last batch held the writers' lock (a pure function
     of the two, so no clock here): a batch stays short whatever a row costs on this file."""

@@ -94,6 +94,7 @@ class Spans:
             ]
             if not purge:
                 return run_batch(conn, operations)
+            self.purge_rows.append(int(purge[0].keywords["limit"]))
             started = time.perf_counter()
             try:
                 return run_batch(conn, operations)
@@ -222,6 +223,8 @@ async def _phase(
     if seconds is None:
         result["purge_batches"] = _ms([e - s for s, e in purge])
         result["purge_batches_on_loop_thread"] = spans.purge_on_loop
+        rows = spans.purge_rows[marks[0] :]
+        result["purge_batch_rows"] = [min(rows), statistics.median(rows), max(rows)]
     return result
 
 
