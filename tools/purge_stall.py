@@ -81,6 +81,8 @@ class Spans:
         self.purge_on_loop = 0
         self.checkpoints: list[Span] = []
         self.pauses: list[Span] = []
+        self.truncations: list[Span] = []
+        self.wal_at_checkpoint: list[int] = []
         self.loop_thread = threading.get_ident()
 
     def watch(self, store: SQLiteStore) -> None:
@@ -104,8 +106,17 @@ class Spans:
 
         sqlite_batch.run_batch = timed  # type: ignore[assignment]
         checkpoint, paused = store.checkpoint, store._batch.writers_paused
+        truncate = store._truncate_wal
+
+        def timed_truncate(conn: sqlite3.Connection) -> None:
+            started = time.perf_counter()
+            try:
+                truncate(conn)
+            finally:
+                self.truncations.append((started, time.perf_counter()))
 
         def timed_checkpoint() -> None:
+            self.wal_at_checkpoint.append(store._wal_bytes())
             started = time.perf_counter()
             try:
                 checkpoint()
@@ -122,6 +133,7 @@ class Spans:
                     self.pauses.append((started, time.perf_counter()))
 
         store.checkpoint = timed_checkpoint  # type: ignore[method-assign]
+        store._truncate_wal = timed_truncate  # type: ignore[method-assign]
         store._batch.writers_paused = timed_pause  # type: ignore[method-assign]
 
 
@@ -183,7 +195,7 @@ async def _phase(
         asyncio.create_task(_probe(stop, lags)),
         asyncio.create_task(_vends(store, stop, vends, tag)),
     ]
-    marks = len(spans.purge), len(spans.checkpoints), len(spans.pauses)
+    marks = len(spans.purge), len(spans.checkpoints), len(spans.pauses), len(spans.truncations)
     started = time.perf_counter()
     result: dict[str, object] = {}
     if seconds is None:
@@ -197,7 +209,9 @@ async def _phase(
     checkpoints = spans.checkpoints[marks[1] :]
     pauses = sorted(spans.pauses[marks[2] :])
     purge_ends = [e for _, e in purge]
+    truncations = spans.truncations[marks[3] :]
     cp_ends, pause_ends = [e for _, e in checkpoints], [e for _, e in pauses]
+    trunc_ends = [e for _, e in truncations]
 
     def attributed(span: Span) -> dict[str, float]:
         return {
@@ -205,6 +219,7 @@ async def _phase(
             "on_purge_ms": round(_overlap(span, purge, purge_ends) * 1000, 2),
             "in_checkpoint_ms": round(_overlap(span, checkpoints, cp_ends) * 1000, 2),
             "in_writer_pause_ms": round(_overlap(span, pauses, pause_ends) * 1000, 2),
+            "in_wal_truncation_ms": round(_overlap(span, truncations, trunc_ends) * 1000, 2),
         }
 
     waited = [_overlap(v, purge, purge_ends) for v in vends]
@@ -217,6 +232,10 @@ async def _phase(
         "loop_lag_ms": _ms([max(0.0, e - s) for s, e in lags]),
         "checkpoints": _ms([e - s for s, e in checkpoints]),
         "writer_pauses": _ms([e - s for s, e in pauses]),
+        "wal_truncations": _ms([e - s for s, e in truncations]),
+        "wal_mib_at_checkpoint_max": round(
+            max(spans.wal_at_checkpoint[marks[1] :], default=0) / 2**20, 1
+        ),
         "worst_vends": [attributed(v) for v in worst],
         "worst_loop_lags": [attributed(v) for v in worst_lags],
     }
