@@ -223,12 +223,20 @@ async def _phase(
         }
 
     waited = [_overlap(v, purge, purge_ends) for v in vends]
+    slow = [v for v in vends if v[1] - v[0] > 0.05]
     worst = sorted(vends, key=lambda v: v[0] - v[1])[:5]
     worst_lags = sorted(lags, key=lambda v: v[0] - v[1])[:3]
     result |= {
         "vend_ms": _ms([e - s for s, e in vends]),
         "vend_waited_on_purge_ms": _ms(waited),
         "vends_that_waited_on_purge": sum(w > 0 for w in waited),
+        "vends_over_50ms": {
+            "n": len(slow),
+            "mostly_in_writer_pause": sum(
+                _overlap(v, pauses, pause_ends) > (v[1] - v[0]) / 2 for v in slow
+            ),
+            "waited_over_50ms_on_purge": sum(_overlap(v, purge, purge_ends) > 0.05 for v in slow),
+        },
         "loop_lag_ms": _ms([max(0.0, e - s) for s, e in lags]),
         "checkpoints": _ms([e - s for s, e in checkpoints]),
         "writer_pauses": _ms([e - s for s, e in pauses]),
