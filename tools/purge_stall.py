@@ -78,6 +78,8 @@ class Spans:
     def __init__(self) -> None:
         self.purge: list[Span] = []
         self.purge_rows: list[int] = []
+        self.purge_cpu: list[float] = []  # seconds of the writer thread's CPU, per batch
+        self.purge_delete: list[float] = []  # of which in the DELETE (the rest: BEGIN, COMMIT)
         self.purge_on_loop = 0
         self.checkpoints: list[Span] = []
         self.pauses: list[Span] = []
@@ -97,14 +99,25 @@ class Spans:
             if not purge:
                 return run_batch(conn, operations)
             self.purge_rows.append(int(purge[0].keywords["limit"]))
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             try:
                 return run_batch(conn, operations)
             finally:
                 self.purge.append((started, time.perf_counter()))
+                self.purge_cpu.append(time.thread_time() - cpu)
                 self.purge_on_loop += threading.get_ident() == self.loop_thread
 
         sqlite_batch.run_batch = timed  # type: ignore[assignment]
+        purge_batch = sqlite_ledger.purge_batch
+
+        def timed_delete(conn: sqlite3.Connection, table: str, now: float, limit: int) -> int:
+            started = time.perf_counter()
+            try:
+                return purge_batch(conn, table, now, limit)
+            finally:
+                self.purge_delete.append(time.perf_counter() - started)
+
+        sqlite_ledger.purge_batch = timed_delete
         checkpoint, paused = store.checkpoint, store._batch.writers_paused
         truncate = store._truncate_wal
 
@@ -249,6 +262,10 @@ async def _phase(
     }
     if seconds is None:
         result["purge_batches"] = _ms([e - s for s, e in purge])
+        result["purge_batches_cpu"] = _ms(spans.purge_cpu[marks[0] :])
+        longest = max(range(len(purge)), key=lambda i: purge[i][1] - purge[i][0])
+        result["longest_batch_cpu_ms"] = round(spans.purge_cpu[marks[0] + longest] * 1000, 2)
+        result["longest_batch_delete_ms"] = round(spans.purge_delete[marks[0] + longest] * 1000, 2)
         result["purge_batches_on_loop_thread"] = spans.purge_on_loop
         rows = spans.purge_rows[marks[0] :]
         result["purge_batch_rows"] = [min(rows), statistics.median(rows), max(rows)]
