@@ -90,9 +90,9 @@ async def test_vends_go_on_while_the_purge_runs_and_none_is_lost(tmp_path: Path)
 async def test_purge_batches_and_checkpoints_each_run_holding_the_upkeep_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """So they never run at once: beside a purge a checkpoint never caught up with the WAL and
-    paused the writers for long.  (That they did not overlap in one run would depend on
-    timing; that each holds the one lock while it runs does not.)"""
+    """So they never run at once, in any process: beside a purge a checkpoint never caught up
+    with the WAL and paused the writers for long.  (That they did not overlap in one run would
+    depend on timing; that each holds the one flock while it runs does not.)"""
     monkeypatch.setattr(sqlite_module, "CHECKPOINT_INTERVAL_SECONDS", 0.0)  # back to back
     store = SQLiteStore(tmp_path / "lock.db")
     loop = asyncio.get_running_loop()
@@ -100,13 +100,17 @@ async def test_purge_batches_and_checkpoints_each_run_holding_the_upkeep_lock(
     held: list[tuple[str, bool]] = []
     checkpoint, batch = store.checkpoint, sqlite_ledger.purge_batch
 
+    def upkeep_taken() -> bool:  # as another process would see it
+        with sqlite_ledger.upkeep(str(tmp_path / "lock.db.upkeep-lock"), wait=False) as free:
+            return not free
+
     def recorded_checkpoint() -> None:
-        held.append(("checkpoint", store._upkeep.locked()))
+        held.append(("checkpoint", upkeep_taken()))
         checkpoint()
         loop.call_soon_threadsafe(checkpointed.set)
 
     def recorded_batch(conn: sqlite3.Connection, table: str, now: float, limit: int) -> int:
-        held.append(("purge", store._upkeep.locked()))
+        held.append(("purge", upkeep_taken()))
         return batch(conn, table, now, limit)
 
     monkeypatch.setattr(store, "checkpoint", recorded_checkpoint)

@@ -103,7 +103,7 @@ class SQLiteStore:
         self._inline: Connection | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         # A purge batch and a checkpoint never run at once (`purge_expired`).
-        self._upkeep = asyncio.Lock()
+        self._upkeep_lock = f"{path}.upkeep-lock"
         self._batch = GroupCommitter(
             self._inline_connection, self._thread_connection, self._writer, f"{path}.writer-lock"
         )
@@ -197,8 +197,11 @@ class SQLiteStore:
                 continue
             last = loop.time()
             with contextlib.suppress(sqlite3.Error):
-                async with self._upkeep:
-                    await loop.run_in_executor(self._readers, self.checkpoint)
+                await loop.run_in_executor(self._readers, self._checkpoint_apart)
+
+    def _checkpoint_apart(self) -> None:
+        with sqlite_ledger.upkeep(self._upkeep_lock, wait=True):
+            self.checkpoint()
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the database so that the next writer starts it afresh.
@@ -404,32 +407,41 @@ class SQLiteStore:
         """In batches by the `*_by_expiry` indexes, each a transaction of its own on the writer
         thread (`GroupCommitter.on_thread`), never on the loop, its row limit paced to hold the
         writers' lock ~5 ms (`sqlite_ledger.next_purge_limit`), with a pause between batches
-        for the writes that queued.  A request waits on the purge for one short batch at most:
-        one purge of everything held the loop for 411 ms at 3M rows, and batches of a fixed
-        256 rows run inline on the loop for up to 40 ms.
+        for the writes that queued.  A request waits on the purge for one batch at most (its
+        wall time, which a loaded disk or CPU can stretch: docs/performance.md): one purge of
+        everything held the loop for 411 ms at 3M rows, and batches of a fixed 256 rows run
+        inline on the loop for up to 40 ms.
 
-        No batch runs while a checkpoint does (`_upkeep`): the purge writes the WAL ~100 times
-        faster than vends, so beside it the checkpoint's passes never caught up, and its last
-        pass, with the writers paused, copied what the purge had written meanwhile: pauses
-        of up to 155 ms at 3M rows, against 12 ms with vends alone."""
+        No batch runs while a checkpoint does, in any process (`sqlite_ledger.upkeep`): the
+        purge writes the WAL far faster than vends, so beside it the checkpoint's passes never
+        caught up, and its last pass, with the writers paused, copied what the purge had
+        written meanwhile: pauses of up to 155 ms at 3M rows, against 12 ms with vends alone."""
         purged, limit = 0, sqlite_ledger.PURGE_FIRST_ROWS
         for table in sqlite_ledger.PURGED_TABLES:
             while True:
                 batch = functools.partial(
                     sqlite_ledger.purge_batch, table=table, now=now, limit=limit
                 )
-                try:
-                    async with self._upkeep:
-                        count, held = await self._batch.on_thread(batch)
-                except sqlite3.DatabaseError as exc:
-                    self._check_corrupt(exc)
-                    raise
+                count, held = await self._purge_one(batch)
                 purged += count
                 if count < limit:
                     break
                 limit = sqlite_ledger.next_purge_limit(limit, held)
                 await asyncio.sleep(PURGE_PAUSE_SECONDS)
         return purged
+
+    async def _purge_one(self, batch: Callable[[Connection], int]) -> tuple[int, float]:
+        """One batch (rows deleted, seconds it held the writers' lock) once no checkpoint is
+        running; polled, so that the writer thread never waits for one."""
+        while True:
+            with sqlite_ledger.upkeep(self._upkeep_lock, wait=False) as ours:
+                if ours:
+                    try:
+                        return cast(tuple[int, float], await self._batch.on_thread(batch))
+                    except sqlite3.DatabaseError as exc:
+                        self._check_corrupt(exc)
+                        raise
+            await asyncio.sleep(PURGE_PAUSE_SECONDS)
 
     # -- the job lifecycle (SQL in sqlite_jobs) ------------------------------------------
     async def consume_token(self, order: ConsumeOrder) -> str:

@@ -7,6 +7,9 @@ thread runs them and when.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
@@ -229,6 +232,24 @@ def next_purge_limit(limit: int, held_seconds: float) -> int:
     if held_seconds < PURGE_TARGET_SECONDS / 2:
         return min(PURGE_MAX_ROWS, limit * 2)
     return limit
+
+
+@contextlib.contextmanager
+def upkeep(lock_path: str, wait: bool) -> Iterator[bool]:
+    """The upkeep flock beside the database, held around each purge batch and each checkpoint
+    so that the two never run at once in any process sharing the file.  On a descriptor of
+    its own each time (a flock belongs to an open file description, so two holders in one
+    process exclude each other too).  Yields whether it is held: always when `wait`."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # lets the flock go
 
 
 def purge_batch(conn: Connection, table: str, now: float, limit: int) -> int:
