@@ -244,7 +244,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         serve_on_loopback(settings.metrics_port)
     if args.dev:
-        from engine.upstream.simulator import start_background_simulator
+        from engine.upstream.sim_server import start_background_simulator
 
         simulator_url = start_background_simulator(os.environ["TTT_SHARED_SECRET"])
         os.environ.setdefault("TTT_BASE", simulator_url)
@@ -287,7 +287,7 @@ def _ledger(args: argparse.Namespace) -> int:
 
 
 def _simulator(args: argparse.Namespace) -> int:
-    from engine.upstream.simulator import run_simulator
+    from engine.upstream.sim_server import run_simulator
 
     secret = os.environ.get("TTT_SHARED_SECRET") or os.environ.get("ENGINE_SHARED_SECRET", "")
     if not secret:

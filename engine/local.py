@@ -32,7 +32,7 @@ import httpx
 
 from engine.config import Settings
 from engine.domain.tokens import TRANSCRIBE_SCOPE, TokenAuthority
-from engine.upstream.simulator import BackgroundSimulator
+from engine.upstream.sim_server import BackgroundSimulator
 
 STARTUP_TIMEOUT_SECONDS = 30.0
 

@@ -15,7 +15,7 @@ from engine import Settings, create_app
 from engine.domain.tokens import TRANSCRIBE_SCOPE, TokenAuthority
 from engine.local import RedisClusterServers, RedisServer
 from engine.store import Store, store_from_url
-from engine.upstream.simulator import BackgroundSimulator
+from engine.upstream.sim_server import BackgroundSimulator
 from tests.spec_check import SpecRecorder
 
 JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
@@ -78,7 +78,7 @@ def simulator() -> Iterator[BackgroundSimulator]:
 @pytest.fixture
 def fresh_simulator(simulator: BackgroundSimulator) -> BackgroundSimulator:
     """The session simulator with faults cleared, jobs forgotten and counters reset."""
-    from engine.upstream.simulator import Faults, Stats
+    from engine.upstream.sim_state import Faults, Stats
 
     simulator.app.faults = Faults()
     simulator.app.stats = Stats()

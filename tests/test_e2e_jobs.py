@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from engine.local import LocalEngine
-from engine.upstream.simulator import Faults, Stats
+from engine.upstream.sim_state import Faults, Stats
 from tests.e2e import audit_trail, balance_of, grant, recorded_client
 from tests.spec_check import SpecRecorder
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from engine.local import LocalEngine
-from engine.upstream.simulator import Faults, Stats
+from engine.upstream.sim_state import Faults, Stats
 from tests.e2e import balance_of, grant, recorded_client, statuses
 from tests.spec_check import SpecRecorder
 

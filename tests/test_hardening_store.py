@@ -32,7 +32,7 @@ from engine.store.records import (
 )
 from engine.store.redis import RedisStore
 from engine.store.sqlite import SQLiteStore
-from engine.upstream.simulator import BackgroundSimulator
+from engine.upstream.sim_server import BackgroundSimulator
 from tests.conftest import ADMIN, bearer, make_settings
 from tests.spec_check import SpecRecorder
 from tests.test_store_contract import vend

@@ -17,7 +17,7 @@ from litestar.testing import TestClient
 import engine.http.app as app_module
 from engine import Settings, create_app
 from engine.store import Store, StoreUnavailable, store_from_url
-from engine.upstream.simulator import BackgroundSimulator
+from engine.upstream.sim_server import BackgroundSimulator
 from tests.conftest import ADMIN, bearer
 
 VIDEO = "https://www.tiktok.com/@creator/video/7300000000000000201"

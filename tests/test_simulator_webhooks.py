@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from engine.local import free_port
-from engine.upstream.simulator import BackgroundSimulator
+from engine.upstream.sim_server import BackgroundSimulator
 from tests.e2e import SimulatorProcess
 
 SECRET = "sim-webhook-secret-0123456789abcdef"

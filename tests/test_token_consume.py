@@ -31,7 +31,7 @@ from engine.store import Store, store_from_url
 from engine.store.records import StoredResponse
 from engine.upstream.breaker import CircuitBreaker
 from engine.upstream.client import TTTClient
-from engine.upstream.simulator import BackgroundSimulator
+from engine.upstream.sim_server import BackgroundSimulator
 from tests.conftest import make_settings
 
 VIDEO = "https://www.tiktok.com/@racer/video/7300000000000000043"

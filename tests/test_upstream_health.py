@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from engine.local import LocalEngine, free_port
-from engine.upstream.simulator import Faults, Stats
+from engine.upstream.sim_state import Faults, Stats
 from tests.e2e import SimulatorProcess, audit_trail, balance_of, grant, wait_for
 from tests.spec_check import SpecRecorder
 

@@ -8,6 +8,7 @@ they name another service, so they are dropped.  The engine's `jobId`, `statusUr
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -35,6 +36,12 @@ _INTERNAL = frozenset(
 )
 _decode = msgspec.json.Decoder(dict[str, Any])
 _encode = msgspec.json.encode
+# A failed job's text as the app sees it: one line, bounded, with no server path (a file path
+# starts a word, so the path of a URL is left alone) and never a traceback.
+MAX_REASON_CHARS = 300
+_SERVER_PATH = re.compile(r"(?<![\w:/\\])(?:[A-Za-z]:)?(?:[\\/][\w.~@+-]+){2,}")
+_TRACEBACK_MARKS = ("Traceback (most recent call last)", 'File "')
+_OURS_OR_FIXED = frozenset({"status", "url", "jobId", "statusUrl", "pollUrl"})
 
 
 def upstream_id(body: dict[str, Any]) -> str:
@@ -71,6 +78,28 @@ def accepted_body(upstream: dict[str, Any], job_id: str, url: str) -> bytes:
     )
 
 
+def upstream_reason(text: str) -> str:
+    """Upstream's failure text fit for a client: a real TTTranscribe failure may name its temp
+    files or carry a Python traceback, which say how upstream is built and nothing the app can
+    act on."""
+    if any(mark in text for mark in _TRACEBACK_MARKS):
+        return "upstream_failed"
+    one_line = " ".join(_SERVER_PATH.sub("<path>", text).split())
+    return one_line[:MAX_REASON_CHARS] or "upstream_failed"
+
+
+def _cleaned_failure(body: dict[str, Any]) -> None:
+    for key, value in list(body.items()):
+        if key in _OURS_OR_FIXED:
+            continue
+        if isinstance(value, str):
+            body[key] = upstream_reason(value)
+        elif isinstance(value, dict | list):
+            text = _encode(value).decode()
+            if any(mark in text for mark in _TRACEBACK_MARKS):
+                del body[key]
+
+
 def status_body(upstream: dict[str, Any], job_id: str) -> tuple[bytes, str, str]:
     """(body, status, change) of an upstream status answer; `change` is what, when it moves,
     moves `updatedAt`."""
@@ -85,6 +114,8 @@ def status_body(upstream: dict[str, Any], job_id: str) -> tuple[bytes, str, str]
         # The app reads `error` as a string; upstream's engine era sends none at all.
         message = error.get("message") if isinstance(error, dict) else None
         body["error"] = message if isinstance(message, str) else "upstream_failed"
+    if status == "failed":
+        _cleaned_failure(body)
     return _encode(body), status, f"{status}|{body['progress']}"
 
 

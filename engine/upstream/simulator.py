@@ -32,17 +32,15 @@ import asyncio
 import hmac
 import random
 import re
-import socket
-import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import msgspec
-import uvicorn
 
 from engine.timeutil import iso
+from engine.upstream.sim_state import Faults, Job, Stats
 from engine.upstream.sim_tiktok import tiktok_page
 from engine.upstream.sim_webhooks import WebhookSender, usage_of, webhook_payload
 
@@ -63,49 +61,6 @@ _NOT_READY = {"reason": "Missing required secrets", "missing": ["HF_API_KEY"]}
 def _cache_key(url: str) -> str:
     """The upstream caches by URL without query and fragment (§3.4)."""
     return url.split("#", 1)[0].split("?", 1)[0]
-
-
-@dataclass
-class Faults:
-    latency_ms: int = 0
-    error_rate: float = 0.0
-    error_status: int = 500
-    html_errors: bool = False
-    hang: bool = False
-    malformed: bool = False
-    reset: bool = False
-    rate_limited: bool = False
-    not_ready: bool = False  # the readiness gate: /ready and POST /transcribe answer 503
-    retry_after: int = 0  # a Retry-After on the not-ready 503 (the real upstream sends none)
-    cache_hits: bool = False  # a URL that completed before comes back completed at once
-    routes: str = "all"  # "transcribe", "status" or "all"
-
-
-@dataclass
-class Stats:
-    transcribe_calls: int = 0
-    jobs_created: int = 0
-    status_calls: int = 0
-    meta_fetches: int = 0
-    unauthorized: int = 0
-    webhooks_sent: int = 0
-    webhooks_delivered: int = 0
-    webhooks_failed: list[dict[str, str]] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-    last_headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Job:
-    id: str
-    url: str
-    submitted_at: str
-    polls: int = 0
-    fails: bool = False
-    request_id: str = ""
-    terminal: str = ""  # "completed" or "failed" once settled
-    completed_at: str = ""
-    cache_hit: bool = False
 
 
 class Simulator:
@@ -441,56 +396,3 @@ class Simulator:
             self.stats.webhooks_failed.append({"jobId": payload["jobId"], "lastError": error})
         else:
             self.stats.webhooks_delivered += 1
-
-
-def _bound_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
-
-
-def run_simulator(host: str, port: int, secret: str, webhook_url: str = "") -> None:
-    """Serve in the foreground (`pluct-engine simulator`)."""
-    app = Simulator(secret, webhook_url=webhook_url)
-    app.base_url = f"http://{host}:{port}"
-    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="off")
-
-
-class BackgroundSimulator:
-    """The simulator on a free loopback port in a daemon thread (dev mode, tests, notebooks)."""
-
-    def __init__(self, secret: str, host: str = "127.0.0.1") -> None:
-        self.app = Simulator(secret)
-        self._sock = _bound_socket(host, 0)
-        self.url = f"http://{host}:{self._sock.getsockname()[1]}"
-        self.app.base_url = self.url
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [self._sock]},
-            daemon=True,
-            name="ttt-simulator",
-        )
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def start(self) -> BackgroundSimulator:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the simulator did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
-
-
-def start_background_simulator(secret: str) -> str:
-    return BackgroundSimulator(secret).start().url
