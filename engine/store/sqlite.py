@@ -16,16 +16,16 @@ import functools
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import TypeVar, cast
 
 from engine.store import sqlite_jobs as jobs
-from engine.store import sqlite_ledger, sqlite_prefill
+from engine.store import sqlite_ledger, sqlite_prefill, sqlite_screen
 from engine.store import sqlite_ops as ops
-from engine.store.protocol import IdOrderCheck, StoreUnavailable
+from engine.store.protocol import LedgerScreen, StoreUnavailable
 from engine.store.records import (
     AuditEntry,
     BalanceView,
@@ -53,7 +53,6 @@ CHECKPOINT_PASSES = 3
 # truncated outright when it has grown past it (`checkpoint`).
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 WAL_TRUNCATE_WAIT_MS = 20
-SCAN_CACHE_KIB = 8 * 1024
 STREAM_CACHE_KIB = 64 * 1024
 PURGE_PAUSE_SECONDS = 0.005
 Connection = sqlite3.Connection
@@ -340,20 +339,28 @@ class SQLiteStore:
             self._thread_connection(), entries, users, seed, finished, shape
         )
 
-    async def scan_ledger(self, check: IdOrderCheck) -> None:
-        """`ledger verify` in the table's own order (`sqlite_ledger.scan_in_id_order`), on a
-        connection and thread of its own."""
+    async def screen_ledger(self, progress: Callable[[int], None] | None) -> LedgerScreen:
+        """`ledger verify`'s screen in SQL (`sqlite_screen`), on connections and threads of
+        its own."""
+        return await asyncio.to_thread(
+            sqlite_screen.screen_ledger, self._stream_connection, progress
+        )
 
-        def scan() -> None:
-            conn = self._stream_connection()
-            # Read in file order, each page once: a small cache does, and keeps RSS down.
-            conn.execute(f"PRAGMA cache_size=-{SCAN_CACHE_KIB}")
+    async def read_users(
+        self, user_ids: Iterable[str], chunk_size: int = 1000
+    ) -> AsyncIterator[LedgerChunk]:
+        """The suspects' histories, on a connection and thread of their own."""
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1, thread_name_prefix="sqlite-ledger") as thread:
+            conn = await loop.run_in_executor(thread, self._stream_connection)
+            chunks = sqlite_screen.user_chunks(conn, sorted(user_ids), chunk_size)
             try:
-                sqlite_ledger.scan_in_id_order(conn, check)
+                while batch := await loop.run_in_executor(thread, next, chunks, None):
+                    for chunk in batch:
+                        yield chunk
             finally:
-                conn.close()
-
-        await asyncio.to_thread(scan)
+                await loop.run_in_executor(thread, chunks.close)
+                await loop.run_in_executor(thread, conn.close)
 
     def _stream_connection(self) -> Connection:
         """Not `_connect`: setting the journal mode would write to a file that verify only
