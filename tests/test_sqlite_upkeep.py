@@ -152,3 +152,37 @@ async def test_a_wal_past_its_limit_is_truncated_by_the_checkpointer(
     store.checkpoint()
     assert wal.stat().st_size == 0
     await store.close()
+
+
+@pytest.mark.parametrize(("cap", "pauses"), [(10, 0), (1_000_000, 1)])
+async def test_the_writers_are_paused_only_over_a_small_backlog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int, pauses: int
+) -> None:
+    """A reader's snapshot keeps every later frame uncopied, so each pass leaves the same
+    backlog: the last pass may pause the writers over it only when it is small (pausing them
+    over a purge's tens of MB held every write for up to half a second)."""
+    monkeypatch.setattr(sqlite_module, "PAUSED_PASS_MAX_FRAMES", cap)
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_INTERVAL_SECONDS", 3600.0)  # only ours
+    store = SQLiteStore(tmp_path / "backlog.db")
+    await store.open()
+    now = time.time()
+    await store.grant(GrantOrder("ann", 1000, "g", "", None, CTX, now))
+    reader = sqlite3.connect(tmp_path / "backlog.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM ledger").fetchone()  # its snapshot starts here
+    for n in range(100):
+        rid = f"v{n}"
+        await store.spend(VendOrder("ann", rid, rid, 1, 2, None, None, CTX, now))
+    paused = store._batch.writers_paused
+    calls: list[int] = []
+
+    def counted() -> object:
+        calls.append(1)
+        return paused()
+
+    monkeypatch.setattr(store._batch, "writers_paused", counted)
+    store.checkpoint()
+    assert len(calls) == pauses
+    reader.execute("ROLLBACK")
+    reader.close()
+    await store.close()

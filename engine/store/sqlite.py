@@ -49,6 +49,10 @@ from engine.store.sqlite_batch import GroupCommitter
 T = TypeVar("T")
 CHECKPOINT_INTERVAL_SECONDS = 1.0
 CHECKPOINT_PASSES = 3
+# The last pass pauses the writers only over a backlog this small (~4 MB of 4 KiB pages, a few
+# ms to copy): a purge or a burst leaves tens of MB behind, and pausing the writers over that
+# held every write for up to half a second.  A bigger backlog waits for the next checkpoint.
+PAUSED_PASS_MAX_FRAMES = 1000
 # The WAL file is cut back to this after a checkpoint that reset it (`journal_size_limit`), and
 # truncated outright when it has grown past it (`checkpoint`).
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
@@ -188,15 +192,18 @@ class SQLiteStore:
         limit: a burst of writes (a prefill, a storm of vends) grew it by more than the limit
         in one interval."""
         loop = asyncio.get_running_loop()
-        last = loop.time()
+        last, size_after = loop.time(), self._wal_bytes()
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS / 4)
             due = loop.time() - last >= CHECKPOINT_INTERVAL_SECONDS
-            if not due and self._wal_bytes() < WAL_LIMIT_BYTES // 2:
+            # Growth since the last checkpoint, not the file's size: a WAL that restarted keeps
+            # its size, and judged by it every quarter second was "half full" forever.
+            if not due and self._wal_bytes() - size_after < WAL_LIMIT_BYTES // 2:
                 continue
             last = loop.time()
             with contextlib.suppress(sqlite3.Error):
                 await loop.run_in_executor(self._readers, self._checkpoint_apart)
+            size_after = self._wal_bytes()
 
     def _checkpoint_apart(self) -> None:
         with sqlite_ledger.upkeep(self._upkeep_lock, wait=True):
@@ -211,21 +218,23 @@ class SQLiteStore:
         kernel allocate and zero new blocks, a visible share of a vend's cost.  So passes beside
         the writers (PASSIVE never blocks them) copy the bulk, each only what arrived during
         the last; if frames keep arriving, one last pass runs with the writers paused on their
-        flock, which by then is a pass over a few frames.  Blocking: call it from a thread (the
-        store does, every `CHECKPOINT_INTERVAL_SECONDS`).
+        flock, but only over a backlog of at most `PAUSED_PASS_MAX_FRAMES` (or when the WAL is
+        past its limit).  Blocking: call it from a thread (the store does, every
+        `CHECKPOINT_INTERVAL_SECONDS`).
         """
         conn = self._thread_connection()
-        last = -1
+        last, backlog = -1, 0
         for _ in range(CHECKPOINT_PASSES):
             # A pass reports the WAL as it stood when the pass began; only a pass that finds
             # no frame added since the last one knows that it has copied everything.
             _, frames, copied = ops.one(conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
             if frames == copied == last:
                 break
-            last = frames
+            last, backlog = frames, frames - copied
         else:
-            with self._batch.writers_paused():
-                ops.one(conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+            if backlog <= PAUSED_PASS_MAX_FRAMES or self._wal_bytes() > WAL_LIMIT_BYTES:
+                with self._batch.writers_paused():
+                    ops.one(conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
         if self._wal_bytes() > WAL_LIMIT_BYTES:
             self._truncate_wal(conn)
 
