@@ -59,6 +59,11 @@ WAL_LIMIT_BYTES = 64 * 1024 * 1024
 WAL_TRUNCATE_WAIT_MS = 20
 STREAM_CACHE_KIB = 64 * 1024
 PURGE_PAUSE_SECONDS = 0.005
+# Between batches the purge rests at least this many times as long as the last batch held the
+# writers' lock: it then writes the WAL at most a fifth of the time, slowly enough for the
+# checkpoints to copy it beside the writers.  At full speed the WAL reached its limit, and each
+# truncation paused every writer for ~50 ms (docs/performance.md).
+PURGE_REST_FACTOR = 4
 Connection = sqlite3.Connection
 _CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 _PING = "SELECT 1 FROM sqlite_master LIMIT 1"
@@ -443,7 +448,7 @@ class SQLiteStore:
                 if count < limit:
                     break
                 limit = sqlite_ledger.next_purge_limit(limit, held)
-                await asyncio.sleep(PURGE_PAUSE_SECONDS)
+                await asyncio.sleep(max(PURGE_PAUSE_SECONDS, PURGE_REST_FACTOR * held))
         return purged
 
     async def _purge_one(self, batch: Callable[[Connection], int]) -> tuple[int, float]:
