@@ -46,7 +46,7 @@ def access_entries(engine: LocalEngine) -> list[dict[str, object]]:
 
 
 def wait_for(condition: object, what: str, seconds: float = 15.0) -> None:
-    """Poll a condition with a deadline (the access log is written once per loop turn)."""
+    """Poll a condition with a deadline (access lines are written in batches, ~50 ms late)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if condition():  # type: ignore[operator]

@@ -79,3 +79,47 @@ async def test_bulk_rows_are_what_the_engine_reads_and_writes_on(tmp_path: Path)
         response = engine.client.post("/v1/vend-token", headers=engine.user_headers(user))
         assert response.status_code in (200, 402), response.text
         assert engine.ledger_verify().returncode == 0
+
+
+def _ledger_indexes(path: Path) -> list[tuple[str, str]]:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger'"
+            " AND sql IS NOT NULL ORDER BY name"
+        ).fetchall()
+    finally:
+        db.close()
+
+
+async def test_a_fresh_bulk_load_rebuilds_the_ledger_indexes_and_one_on_top_keeps_them(
+    tmp_path: Path,
+) -> None:
+    """A fresh store's ledger indexes are dropped for the load and rebuilt after it; a store
+    that already has a ledger keeps them throughout.  Either way the file is whole (the
+    indexes hold every row) and verifies clean, tokens included."""
+    path = tmp_path / "twice.db"
+    url = f"sqlite:///{path}"
+    store = store_from_url(url)
+    await store.open()
+    await store.close()
+    schema = _ledger_indexes(path)
+    assert {name for name, _ in schema} >= {"ledger_by_user", "ledger_one_refund_per_vend"}
+    first = await run_prefill(store_from_url(url), 1500, 30, seed=1)
+    assert _ledger_indexes(path) == schema
+    second = await run_prefill(store_from_url(url), 1500, 30, seed=2)
+    assert _ledger_indexes(path) == schema
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    vends_with_jobs = db.execute(
+        "SELECT count(*) FROM ledger l JOIN vend_tokens t ON l.request_id = 'req_' || t.jti"
+        " WHERE l.action = 'vend' AND t.state = 'used'"
+    ).fetchone()[0]
+    tokens = db.execute("SELECT count(*) FROM vend_tokens").fetchone()[0]
+    db.close()
+    assert tokens == vends_with_jobs > 0
+    reader = store_from_url(url)
+    report = await verify(reader)
+    await reader.close()
+    assert report.ok, report.problems
+    assert report.entries == first.entries + second.entries

@@ -8,16 +8,18 @@ record replays, so one key charged twice shows as one `requestId` twice).
 
 The store streams one user at a time (`Store.read_ledger`), so the checker holds one user's
 running sum and vend ids, never the ledger: memory is bounded by the longest single history.
+SQLite first screens the whole ledger in SQL (`LedgerScreener`, `sqlite_screen`) and streams
+only the users the screen names, so Python decodes the entries of those users alone.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine.store.protocol import IdOrderScanner, Store
-from engine.store.records import Action, AuditEntry, LedgerChunk, LedgerRow
+from engine.store.protocol import LedgerScreener, Store
+from engine.store.records import Action, AuditEntry, LedgerChunk
 
 _MOVES = {Action.VEND: -1, Action.REFUND: 1}
 _REFUSALS = (Action.VEND_REFUSED, Action.VEND_RATE_LIMITED)
@@ -182,163 +184,22 @@ class LedgerChecker:
         return self.report
 
 
-# -- the same rules over the ledger in id order (SQLite: one sequential pass) --------------
-# A vend's requestId is 128 random bits, so a duplicate is all but impossible unless the engine
-# charged one key twice; a bitmap of their hashes (one bit each) finds every possible duplicate
-# in fixed memory, and only the few colliding ids (plus refunds, ~2 % of entries) are then
-# checked exactly.  2**28 bits = 32 MiB: at 10M vends about 4 % of them collide by chance.
-_BITMAP_BITS = 1 << 28
-_MASK = _BITMAP_BITS - 1
-
-
-class IdOrderCheck:
-    """The rules of `_UserCheck`, for entries fed in id order with users interleaved.
-
-    What it holds: each user's running sum (a dict entry, the user id and a small int, ~100
-    bytes per user), a fixed 32 MiB bitmap of vend ids, and the *suspect* request ids (every
-    refund's, and every vend's whose bit was already set).  The per-request rules — charged
-    twice, refund of no vend, refund twice — are then decided exactly by `resolve` over every
-    entry of those ids (the store reads them in one more pass), so memory is bounded by the
-    number of users plus the number of refunds, never by the length of any history.
-    """
-
-    def __init__(self, progress: Callable[[int], None] | None = None) -> None:
-        self.report = LedgerReport()
-        self.progress = progress
-        self.running: dict[str, int] = {}
-        self.suspects: set[str] = set()
-        self._bits = bytearray(_BITMAP_BITS // 8)
-        self._counts: dict[str, int] = dict.fromkeys(
-            (
-                Action.VEND,
-                Action.VEND_REFUSED,
-                Action.VEND_RATE_LIMITED,
-                Action.GRANT,
-                Action.REFUND,
-            ),
-            0,
-        )
-
-    def feed(self, rows: list[LedgerRow]) -> None:
-        """One batch of rows, in id order; the tight loop of the whole check."""
-        running, get, counts, bits, suspects = (
-            self.running,
-            self.running.get,
-            self._counts,
-            self._bits,
-            self.suspects,
-        )
-        flag = self.report.flag
-        for entry_id, user, action, delta, after, request_id in rows:
-            total = get(user, 0) + delta
-            running[user] = total
-            if action == "vend":
-                counts["vend"] += 1
-                if delta != -1:
-                    flag("bad_delta", user, (entry_id,), f"vend moved {delta}, not -1")
-                h = hash(request_id) & _MASK
-                byte, bit = h >> 3, 1 << (h & 7)
-                if bits[byte] & bit:
-                    suspects.add(request_id)
-                else:
-                    bits[byte] |= bit
-            elif action == "refund":
-                counts["refund"] += 1
-                if delta != 1:
-                    flag("bad_delta", user, (entry_id,), f"refund moved {delta}, not 1")
-                suspects.add(request_id)
-            elif action == "grant":
-                counts["grant"] += 1
-                if delta <= 0:
-                    flag("bad_delta", user, (entry_id,), f"grant of {delta}")
-            else:
-                counts[action] = counts.get(action, 0) + 1
-                if delta != 0:
-                    flag("bad_delta", user, (entry_id,), f"refusal moved {delta}")
-            if total < 0:
-                flag("negative_balance", user, (entry_id,), f"balance went to {total}")
-            if after != total:
-                flag(
-                    "balance_after_mismatch",
-                    user,
-                    (entry_id,),
-                    f"balanceAfter {after} but the running sum is {total}",
-                )
-        self.report.entries += len(rows)
-        if self.progress is not None:
-            self.progress(len(rows))
-
-    def take_suspects(self) -> Iterator[str]:
-        """The request ids to decide exactly, given up as they are read."""
-        while self.suspects:
-            yield self.suspects.pop()
-
-    def resolve(self, rows: Iterable[tuple[int, str, str, str]]) -> None:
-        """Every vend and refund entry (id, user_id, action, request_id) whose request id is a
-        suspect, in id order: the per-request rules, exactly as `_UserCheck` applies them."""
-        vends: dict[tuple[str, str], int] = {}
-        refunded: dict[tuple[str, str], int] = {}
-        flag = self.report.flag
-        for entry_id, user, action, request_id in rows:
-            key = (user, request_id)
-            if action == "vend":
-                first = vends.setdefault(key, entry_id)
-                if first != entry_id:
-                    flag(
-                        "charged_twice", user, (first, entry_id), f"vend {request_id} charged twice"
-                    )
-                continue
-            vend = vends.get(key)
-            if vend is None:
-                flag(
-                    "refund_unlinked",
-                    user,
-                    (entry_id,),
-                    f"refund of {request_id}, which is no earlier vend of this user",
-                )
-            earlier = refunded.setdefault(key, entry_id)
-            if earlier != entry_id:
-                ids = (earlier, entry_id) if vend is None else (vend, earlier, entry_id)
-                flag("refund_duplicate", user, ids, f"vend {request_id} refunded twice")
-
-    def finish(self, accounts: Iterable[tuple[str, int]]) -> None:
-        """Every account (user_id, balance): each must equal its user's sum, as must 0 for a
-        user with entries and no account."""
-        running, flag = self.running, self.report.flag
-        users = 0
-        for user, balance in accounts:
-            users += 1
-            total = running.pop(user, 0)
-            if balance != total:
-                flag(
-                    "balance_mismatch",
-                    user,
-                    (),
-                    f"stored balance {balance} but the ledger sums to {total}",
-                )
-            if balance < 0:
-                flag("negative_balance", user, (), f"stored balance {balance}")
-        for user, total in running.items():
-            users += 1
-            if total != 0:
-                flag(
-                    "balance_mismatch", user, (), f"stored balance 0 but the ledger sums to {total}"
-                )
-        running.clear()
-        self.report.users = users
-        self.report.actions.update({a: n for a, n in self._counts.items() if n})
-
-
 async def verify(store: Store, progress: Callable[[int], None] | None = None) -> LedgerReport:
-    """Check every entry of `store` in one pass; `progress(n)` after each chunk of n entries.
+    """Check every entry of `store`; `progress(n)` as n more entries are checked.
 
-    A store that can read its ledger in its own order (SQLite) gets the id-order check; the
-    others stream user by user."""
-    if isinstance(store, IdOrderScanner):
-        check = IdOrderCheck(progress)
-        await store.scan_ledger(check)
-        return check.report
+    A store that screens its own ledger (SQLite, in SQL) names the users who might break a
+    rule, and only those are read and checked here, by the same rules as every user of a
+    streamed store: the screen is a superset, so the report is the same as a full pass's.
+    The others stream user by user."""
     checker = LedgerChecker()
+    if isinstance(store, LedgerScreener):
+        screen = await store.screen_ledger(progress)
+        async for chunk in store.read_users(screen.suspects):
+            checker.feed(chunk)
+        report = checker.finish()
+        report.users, report.entries = screen.users, screen.entries
+        report.actions = Counter(screen.actions)
+        return report
     async for chunk in store.read_ledger():
         checker.feed(chunk)
         if progress is not None and chunk.entries:

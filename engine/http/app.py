@@ -72,6 +72,7 @@ def create_app(
     services = Services.build(settings, store, clock, transport)
     if metrics is not None:
         observe_upstream(services.ttt.breaker, metrics)
+    access_log = AccessLog(settings.log_format == "json") if settings.access_log else None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -91,6 +92,8 @@ def create_app(
                 await services.store.close()
             if metrics is not None:
                 metrics.flush()
+            if access_log is not None:
+                access_log.flush()  # the lines of the last requests
 
     app = Litestar(
         route_handlers=[
@@ -116,7 +119,6 @@ def create_app(
     # Both act before routing, so they wrap the root handler (CORS middleware included).
     app.asgi_handler = head_as_get(drop_unlisted_origins(app.asgi_handler, app.cors_config))
     # Outside everything else, so every answer (404s, 500s, CORS refusals) is logged once.
-    access_log = AccessLog(settings.log_format == "json") if settings.access_log else None
     app.asgi_handler = Observed(app.asgi_handler, access_log, metrics)
     return app
 

@@ -7,7 +7,8 @@ is served carries its request id.
 
 The access line does not go through `logging`: building a `LogRecord`, taking the handler's
 lock and one `write` per line cost a vend several per cent of its time.  Lines are formatted
-directly and written once per event-loop turn, however many requests finished in it.
+directly and written together at most every `FLUSH_SECONDS` (sooner when `FLUSH_LINES` are
+waiting): a `write` per event-loop turn, to a file, was ~1 % of a vend's CPU under load.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def configure_logging(json_lines: bool, level: str = "INFO") -> None:
     logger.propagate = False
 
 
+# How late an access line may reach the log, and how many may wait (a bound on memory).
+FLUSH_SECONDS = 0.05
+FLUSH_LINES = 512
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 # What needs no escaping inside a JSON string or a quoted human field.
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@|+-/{}")
@@ -110,6 +114,7 @@ class AccessLog:
         self._json = json_lines
         self._stream = stream
         self._pending: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._stamp = ""
 
@@ -133,55 +138,49 @@ class AccessLog:
         id matched `[A-Za-z0-9._-]` or was made here; the method and user id are escaped
         unless plain."""
         shown_method = method if method in _METHODS else quoted(method)
+        # One f-string per line: a single allocation, where `+` made one per part.
         if self._json:
             if shown_method is method:
-                shown_method = '"' + method + '"'
-            line = (
-                '{"ts":"'
-                + self._now()
-                + '","level":"info","logger":"engine.access","method":'
-                + shown_method
-                + ',"route":"'
-                + route
-                + '","status":'
-                + str(status)
-                + ',"durationMs":'
-                + f"{duration_ms:.3f}"
-                + ',"requestId":"'
-                + request_id
-                + '"'
-            )
+                shown_method = f'"{method}"'
+            user = ""
             if user_id:
-                line += ',"userId":' + ('"' + user_id + '"' if _plain(user_id) else quoted(user_id))
-            return line + "}"
-        line = " ".join(
-            (
-                self._now(),
-                "INFO engine.access",
-                shown_method,
-                route,
-                str(status),
-                f"{duration_ms:.1f}ms",
-                "request_id=" + request_id,
+                user = (
+                    f',"userId":"{user_id}"' if _plain(user_id) else ',"userId":' + quoted(user_id)
+                )
+            # Milliseconds to 3 places from integer microseconds: formatting a float with
+            # a precision cost more than the rest of the line.
+            micros = int(duration_ms * 1000)
+            return (
+                f'{{"ts":"{self._now()}","level":"info","logger":"engine.access",'
+                f'"method":{shown_method},"route":"{route}","status":{status},'
+                f'"durationMs":{micros // 1000}.{micros % 1000:03d},'
+                f'"requestId":"{request_id}"{user}}}'
             )
-        )
+        user = ""
         if user_id:
-            line += (
-                ' user_id="' + user_id + '"' if _plain(user_id) else " user_id=" + quoted(user_id)
-            )
-        return line
+            user = f' user_id="{user_id}"' if _plain(user_id) else " user_id=" + quoted(user_id)
+        return (
+            f"{self._now()} INFO engine.access {shown_method} {route} {status} "
+            f"{duration_ms:.1f}ms request_id={request_id}{user}"
+        )
 
     def write(self, line: str) -> None:
-        if not self._pending:
-            try:
-                asyncio.get_running_loop().call_soon(self._flush)
-            except RuntimeError:  # no loop: write at once
-                self._pending.append(line)
-                self._flush()
-                return
         self._pending.append(line)
+        if self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+            except RuntimeError:  # no loop: write at once
+                self.flush()
+        elif len(self._pending) >= FLUSH_LINES:
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write every waiting line (also at shutdown, so none is left behind)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
         lines, self._pending = self._pending, []
         stream = self._stream or sys.stderr
         stream.write("\n".join(lines) + "\n")

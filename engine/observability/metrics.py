@@ -55,10 +55,6 @@ class _Histogram:
         self.buckets = [0] * (len(BUCKETS) + 1)
         self.total = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.buckets[bisect_left(BUCKETS, seconds)] += 1
-        self.total += seconds
-
 
 def multiprocess_dir() -> str:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
@@ -119,8 +115,9 @@ class Metrics:
             registry=registry,
             multiprocess_mode="all",
         )
-        self._pending_requests: dict[tuple[str, str, int], _Histogram] = {}
-        self._pending_counts: dict[tuple[Any, tuple[str, ...]], int] = {}
+        # By method, route, status, outcome and error code: the vend, refund and refusal
+        # counters are derived from it at flush, not counted per request.
+        self._pending_requests: dict[tuple[str, str, int, str, str], _Histogram] = {}
         self._pending_hist: dict[tuple[Any, tuple[str, ...]], _Histogram] = {}
         self._flusher: asyncio.TimerHandle | None = None
         self.breaker_sources: list[Callable[[], tuple[str, str]]] = []
@@ -129,39 +126,35 @@ class Metrics:
     def request(
         self, method: str, route: str, status: int, seconds: float, outcome: str, code: str
     ) -> None:
-        key = (method if method in _KNOWN_METHODS else "OTHER", route, status)
+        key = (method if method in _KNOWN_METHODS else "OTHER", route, status, outcome, code)
         pending = self._pending_requests.get(key)
         if pending is None:
             pending = self._pending_requests[key] = _Histogram()
-        pending.observe(seconds)
-        if route == _VEND_ROUTE and (outcome or code):
-            self._count(self._vends, (outcome or code,))
-        elif route == _REFUND_ROUTE and (outcome or code):
-            self._count(self._refunds, (outcome or code,))
-        if code:
-            self._count(self._refusals, (route, code))
-            if status == 429:
-                self._count(self._rate_limited, (route,))
-        self._schedule()
+        # The bucket count and `_schedule` inline: this runs for every request.
+        pending.buckets[bisect_left(BUCKETS, seconds)] += 1
+        pending.total += seconds
+        if self._flusher is None:
+            self._schedule()
 
-    def store_operation(self, operation: str, seconds: float) -> None:
-        self._observe(self._store, (operation,), seconds)
+    def store_key(self, operation: str) -> tuple[Any, tuple[str, ...]]:
+        """What `observe` takes for one store operation, built once per operation name."""
+        return (self._store, (operation,))
 
     def upstream_call(self, upstream: str, success: bool, seconds: float, state: str) -> None:
         self._observe(self._upstream, (upstream, "success" if success else "failure"), seconds)
         self._breaker.labels(upstream).set(BREAKER_STATES.get(state, 0))
 
-    def _count(self, metric: Any, labels: tuple[str, ...]) -> None:
-        key = (metric, labels)
-        self._pending_counts[key] = self._pending_counts.get(key, 0) + 1
-
     def _observe(self, metric: Any, labels: tuple[str, ...], seconds: float) -> None:
-        key = (metric, labels)
+        self.observe((metric, labels), seconds)
+
+    def observe(self, key: tuple[Any, tuple[str, ...]], seconds: float) -> None:
         pending = self._pending_hist.get(key)
         if pending is None:
             pending = self._pending_hist[key] = _Histogram()
-        pending.observe(seconds)
-        self._schedule()
+        pending.buckets[bisect_left(BUCKETS, seconds)] += 1
+        pending.total += seconds
+        if self._flusher is None:
+            self._schedule()
 
     def _schedule(self) -> None:
         if self._flusher is None:
@@ -185,13 +178,20 @@ class Metrics:
             self._flusher.cancel()
             self._flusher = None
         requests, self._pending_requests = self._pending_requests, {}
-        counts, self._pending_counts = self._pending_counts, {}
         histograms, self._pending_hist = self._pending_hist, {}
-        for (method, route, status), pending in requests.items():
-            self._requests.labels(method, route, str(status)).inc(sum(pending.buckets))
+        for (method, route, status, outcome, code), pending in requests.items():
+            count = sum(pending.buckets)
+            self._requests.labels(method, route, str(status)).inc(count)
             _add(self._latency.labels(method, route, str(status)), pending)
-        for (metric, labels), count in counts.items():
-            metric.labels(*labels).inc(count)
+            reason = outcome or code
+            if reason and route == _VEND_ROUTE:
+                self._vends.labels(reason).inc(count)
+            elif reason and route == _REFUND_ROUTE:
+                self._refunds.labels(reason).inc(count)
+            if code:
+                self._refusals.labels(route, code).inc(count)
+                if status == 429:
+                    self._rate_limited.labels(route).inc(count)
         for (metric, labels), pending in histograms.items():
             _add(metric.labels(*labels), pending)
 
@@ -251,7 +251,7 @@ class TimedStore:
             return attribute
         if not inspect.iscoroutinefunction(attribute):  # a plain method stays plain
             return attribute
-        observe = self._metrics.store_operation
+        observe, key = self._metrics.observe, self._metrics.store_key(name)
         clock = time.perf_counter
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
@@ -259,7 +259,7 @@ class TimedStore:
             try:
                 return await attribute(*args, **kwargs)
             finally:
-                observe(name, clock() - started)
+                observe(key, clock() - started)
 
         setattr(self, name, timed)  # looked up once per name
         return timed

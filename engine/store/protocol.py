@@ -7,7 +7,8 @@ Python and writes it back.  That is what makes the invariants hold with many wor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from engine.store.records import (
@@ -19,7 +20,6 @@ from engine.store.records import (
     JobObservation,
     JobRecord,
     LedgerChunk,
-    LedgerRow,
     RefundOrder,
     RefundOutcome,
     RefusalOrder,
@@ -133,25 +133,26 @@ class Store(Protocol):
         observers refund once."""
 
 
-class IdOrderCheck(Protocol):
-    """What `IdOrderScanner.scan_ledger` drives (`engine.domain.ledger.IdOrderCheck`)."""
+@dataclass(slots=True)
+class LedgerScreen:
+    """What a store's own screen of its ledger found: the whole ledger's totals, and every
+    user who might break an invariant (a superset: `ledger verify` re-checks them in full)."""
 
-    def feed(self, rows: list[LedgerRow]) -> None: ...
-
-    def take_suspects(self) -> Iterator[str]: ...
-
-    def resolve(self, rows: Iterable[tuple[int, str, str, str]]) -> None: ...
-
-    def finish(self, accounts: Iterable[tuple[str, int]]) -> None: ...
+    users: int = 0
+    entries: int = 0
+    actions: dict[str, int] = field(default_factory=dict)
+    suspects: set[str] = field(default_factory=set)
 
 
 @runtime_checkable
-class IdOrderScanner(Protocol):
-    """A store that can read its whole ledger in its own (id) order, which for SQLite is file
-    order and several times faster than user order: `ledger verify` then checks every user
-    at once (see `engine.domain.ledger.IdOrderCheck`)."""
+class LedgerScreener(Protocol):
+    """A store that can screen its whole ledger itself (SQLite: in SQL, see
+    `sqlite_screen`), so that `ledger verify` decodes only the suspects' entries."""
 
-    async def scan_ledger(self, check: IdOrderCheck) -> None:
-        """In one snapshot: `check.feed` every entry in id order; `check.resolve` every vend and
-        refund entry whose request id `check.take_suspects` gives, in id order; then
-        `check.finish` every account (user_id, balance)."""
+    async def screen_ledger(self, progress: Callable[[int], None] | None) -> LedgerScreen:
+        """Screen every entry and account in one snapshot (per query); `progress(n)` as
+        about n more entries are screened, adding up to the ledger's size."""
+
+    def read_users(self, user_ids: Iterable[str]) -> AsyncIterator[LedgerChunk]:
+        """Those users' histories as `read_ledger` yields them, in user order, each user
+        whole in one snapshot."""

@@ -16,16 +16,16 @@ import functools
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import TypeVar, cast
 
 from engine.store import sqlite_jobs as jobs
-from engine.store import sqlite_ledger, sqlite_prefill
+from engine.store import sqlite_ledger, sqlite_prefill, sqlite_screen
 from engine.store import sqlite_ops as ops
-from engine.store.protocol import IdOrderCheck, StoreUnavailable
+from engine.store.protocol import LedgerScreen, StoreUnavailable
 from engine.store.records import (
     AuditEntry,
     BalanceView,
@@ -49,14 +49,21 @@ from engine.store.sqlite_batch import GroupCommitter
 T = TypeVar("T")
 CHECKPOINT_INTERVAL_SECONDS = 1.0
 CHECKPOINT_PASSES = 3
+# The last pass pauses the writers only over a backlog this small (~4 MB of 4 KiB pages, a few
+# ms to copy): a purge or a burst leaves tens of MB behind, and pausing the writers over that
+# held every write for up to half a second.  A bigger backlog waits for the next checkpoint.
+PAUSED_PASS_MAX_FRAMES = 1000
 # The WAL file is cut back to this after a checkpoint that reset it (`journal_size_limit`), and
 # truncated outright when it has grown past it (`checkpoint`).
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 WAL_TRUNCATE_WAIT_MS = 20
-SCAN_CACHE_KIB = 8 * 1024
 STREAM_CACHE_KIB = 64 * 1024
-PURGE_BATCH_ROWS = 256
 PURGE_PAUSE_SECONDS = 0.005
+# Between batches the purge rests at least this many times as long as the last batch held the
+# writers' lock: it then writes the WAL at most a fifth of the time, slowly enough for the
+# checkpoints to copy it beside the writers.  At full speed the WAL reached its limit, and each
+# truncation paused every writer for ~50 ms (docs/performance.md).
+PURGE_REST_FACTOR = 4
 Connection = sqlite3.Connection
 _CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 _PING = "SELECT 1 FROM sqlite_master LIMIT 1"
@@ -103,6 +110,8 @@ class SQLiteStore:
         self._connections_lock = threading.Lock()
         self._inline: Connection | None = None
         self._checkpointer: asyncio.Task[None] | None = None
+        # A purge batch and a checkpoint never run at once (`purge_expired`).
+        self._upkeep_lock = f"{path}.upkeep-lock"
         self._batch = GroupCommitter(
             self._inline_connection, self._thread_connection, self._writer, f"{path}.writer-lock"
         )
@@ -188,15 +197,22 @@ class SQLiteStore:
         limit: a burst of writes (a prefill, a storm of vends) grew it by more than the limit
         in one interval."""
         loop = asyncio.get_running_loop()
-        last = loop.time()
+        last, size_after = loop.time(), self._wal_bytes()
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS / 4)
             due = loop.time() - last >= CHECKPOINT_INTERVAL_SECONDS
-            if not due and self._wal_bytes() < WAL_LIMIT_BYTES // 2:
+            # Growth since the last checkpoint, not the file's size: a WAL that restarted keeps
+            # its size, and judged by it every quarter second was "half full" forever.
+            if not due and self._wal_bytes() - size_after < WAL_LIMIT_BYTES // 2:
                 continue
             last = loop.time()
             with contextlib.suppress(sqlite3.Error):
-                await loop.run_in_executor(self._readers, self.checkpoint)
+                await loop.run_in_executor(self._readers, self._checkpoint_apart)
+            size_after = self._wal_bytes()
+
+    def _checkpoint_apart(self) -> None:
+        with sqlite_ledger.upkeep(self._upkeep_lock, wait=True):
+            self.checkpoint()
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the database so that the next writer starts it afresh.
@@ -207,21 +223,23 @@ class SQLiteStore:
         kernel allocate and zero new blocks, a visible share of a vend's cost.  So passes beside
         the writers (PASSIVE never blocks them) copy the bulk, each only what arrived during
         the last; if frames keep arriving, one last pass runs with the writers paused on their
-        flock, which by then is a pass over a few frames.  Blocking: call it from a thread (the
-        store does, every `CHECKPOINT_INTERVAL_SECONDS`).
+        flock, but only over a backlog of at most `PAUSED_PASS_MAX_FRAMES` (or when the WAL is
+        past its limit).  Blocking: call it from a thread (the store does, every
+        `CHECKPOINT_INTERVAL_SECONDS`).
         """
         conn = self._thread_connection()
-        last = -1
+        last, backlog = -1, 0
         for _ in range(CHECKPOINT_PASSES):
             # A pass reports the WAL as it stood when the pass began; only a pass that finds
             # no frame added since the last one knows that it has copied everything.
             _, frames, copied = ops.one(conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
             if frames == copied == last:
                 break
-            last = frames
+            last, backlog = frames, frames - copied
         else:
-            with self._batch.writers_paused():
-                ops.one(conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+            if backlog <= PAUSED_PASS_MAX_FRAMES or self._wal_bytes() > WAL_LIMIT_BYTES:
+                with self._batch.writers_paused():
+                    ops.one(conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
         if self._wal_bytes() > WAL_LIMIT_BYTES:
             self._truncate_wal(conn)
 
@@ -335,20 +353,28 @@ class SQLiteStore:
             self._thread_connection(), entries, users, seed, finished, shape
         )
 
-    async def scan_ledger(self, check: IdOrderCheck) -> None:
-        """`ledger verify` in the table's own order (`sqlite_ledger.scan_in_id_order`), on a
-        connection and thread of its own."""
+    async def screen_ledger(self, progress: Callable[[int], None] | None) -> LedgerScreen:
+        """`ledger verify`'s screen in SQL (`sqlite_screen`), on connections and threads of
+        its own."""
+        return await asyncio.to_thread(
+            sqlite_screen.screen_ledger, self._stream_connection, progress
+        )
 
-        def scan() -> None:
-            conn = self._stream_connection()
-            # Read in file order, each page once: a small cache does, and keeps RSS down.
-            conn.execute(f"PRAGMA cache_size=-{SCAN_CACHE_KIB}")
+    async def read_users(
+        self, user_ids: Iterable[str], chunk_size: int = 1000
+    ) -> AsyncIterator[LedgerChunk]:
+        """The suspects' histories, on a connection and thread of their own."""
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1, thread_name_prefix="sqlite-ledger") as thread:
+            conn = await loop.run_in_executor(thread, self._stream_connection)
+            chunks = sqlite_screen.user_chunks(conn, sorted(user_ids), chunk_size)
             try:
-                sqlite_ledger.scan_in_id_order(conn, check)
+                while batch := await loop.run_in_executor(thread, next, chunks, None):
+                    for chunk in batch:
+                        yield chunk
             finally:
-                conn.close()
-
-        await asyncio.to_thread(scan)
+                await loop.run_in_executor(thread, chunks.close)
+                await loop.run_in_executor(thread, conn.close)
 
     def _stream_connection(self) -> Connection:
         """Not `_connect`: setting the journal mode would write to a file that verify only
@@ -399,21 +425,44 @@ class SQLiteStore:
         )
 
     async def purge_expired(self, now: float) -> int:
-        """In batches of `PURGE_BATCH_ROWS`, each its own turn of group commit (a millisecond
-        or two), with requests let in between: one purge of everything at once held the
-        event loop (and every request) for 411 ms at 3M stored rows."""
-        purged = 0
+        """In batches by the `*_by_expiry` indexes, each a transaction of its own on the writer
+        thread (`GroupCommitter.on_thread`), never on the loop, its row limit paced to hold the
+        writers' lock ~5 ms (`sqlite_ledger.next_purge_limit`), with a pause between batches
+        for the writes that queued.  A request waits on the purge for one batch at most (its
+        wall time, which a loaded disk or CPU can stretch: docs/performance.md): one purge of
+        everything held the loop for 411 ms at 3M rows, and batches of a fixed 256 rows run
+        inline on the loop for up to 40 ms.
+
+        No batch runs while a checkpoint does, in any process (`sqlite_ledger.upkeep`): the
+        purge writes the WAL far faster than vends, so beside it the checkpoint's passes never
+        caught up, and its last pass, with the writers paused, copied what the purge had
+        written meanwhile: pauses of up to 155 ms at 3M rows, against 12 ms with vends alone."""
+        purged, limit = 0, sqlite_ledger.PURGE_FIRST_ROWS
         for table in sqlite_ledger.PURGED_TABLES:
             while True:
                 batch = functools.partial(
-                    sqlite_ledger.purge_batch, table=table, now=now, limit=PURGE_BATCH_ROWS
+                    sqlite_ledger.purge_batch, table=table, now=now, limit=limit
                 )
-                count = await self._write(batch)
+                count, held = await self._purge_one(batch)
                 purged += count
-                if count < PURGE_BATCH_ROWS:
+                if count < limit:
                     break
-                await asyncio.sleep(PURGE_PAUSE_SECONDS)
+                limit = sqlite_ledger.next_purge_limit(limit, held)
+                await asyncio.sleep(max(PURGE_PAUSE_SECONDS, PURGE_REST_FACTOR * held))
         return purged
+
+    async def _purge_one(self, batch: Callable[[Connection], int]) -> tuple[int, float]:
+        """One batch (rows deleted, seconds it held the writers' lock) once no checkpoint is
+        running; polled, so that the writer thread never waits for one."""
+        while True:
+            with sqlite_ledger.upkeep(self._upkeep_lock, wait=False) as ours:
+                if ours:
+                    try:
+                        return cast(tuple[int, float], await self._batch.on_thread(batch))
+                    except sqlite3.DatabaseError as exc:
+                        self._check_corrupt(exc)
+                        raise
+            await asyncio.sleep(PURGE_PAUSE_SECONDS)
 
     # -- the job lifecycle (SQL in sqlite_jobs) ------------------------------------------
     async def consume_token(self, order: ConsumeOrder) -> str:

@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -146,6 +147,34 @@ class GroupCommitter:
 
     def submit(self, operation: Operation) -> asyncio.Future[Any]:
         return self._turn.submit(operation)
+
+    async def on_thread(self, operation: Operation) -> tuple[Any, float]:
+        """`operation` alone in a transaction of its own on the writer thread, never inline on
+        the loop; returns its result and how long it held the writers' lock, in seconds.
+
+        For upkeep that takes milliseconds, the expiry purge: inline, a batch held the loop
+        and every request for its whole duration.  Here SQLite steps it with the GIL released
+        (one statement, so no Python to compete with the loop's), the loop goes on serving
+        reads, and a write that arrives meanwhile finds the flock taken and queues its waiter
+        on this same single thread, right behind the operation: it waits for the rest of this
+        one operation and no more, so its caller bounds the wait by keeping each one short.
+        """
+
+        def locked() -> tuple[Outcome, float]:
+            with self._holding("thread"):
+                started = time.perf_counter()
+                (outcome,) = run_batch(self._threaded(), [operation])
+                return outcome, time.perf_counter() - started
+
+        try:
+            (succeeded, value), held = await asyncio.get_running_loop().run_in_executor(
+                self._pool, locked
+            )
+        except (sqlite3.OperationalError, CommitUncertain, OSError) as exc:
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+        if not succeeded:
+            raise value
+        return value, held
 
     def _flush(self, batch: Batch) -> None:
         if self._waiting is not None:

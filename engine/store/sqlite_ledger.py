@@ -7,14 +7,14 @@ thread runs them and when.
 
 from __future__ import annotations
 
-import queue
+import contextlib
+import fcntl
+import os
 import sqlite3
-import threading
 from collections.abc import Generator, Iterator
 
 from engine.store import sqlite_ops as ops
-from engine.store.protocol import IdOrderCheck
-from engine.store.records import AuditEntry, LedgerChunk, LedgerRow
+from engine.store.records import AuditEntry, LedgerChunk
 
 Connection = sqlite3.Connection
 # `ledger_by_user (user_id, id)` gives this order without a sort, however long the ledger.
@@ -106,92 +106,6 @@ def _rest_of_user(
             return
 
 
-# -- `ledger verify`: the table in its own order ---------------------------------------------
-# Reading in user order (`ledger_chunks`) walks the table at random, one page per entry once
-# the file outgrows the cache; the table's own (id) order reads each page once, in file order.
-_ROWS_AFTER = (
-    "SELECT id, user_id, action, delta, balance_after, request_id FROM ledger"
-    " WHERE id > ? ORDER BY id LIMIT ?"
-)
-_SUSPECT_ROWS = (
-    "SELECT id, user_id, action, request_id FROM ledger"
-    " WHERE (action = 'vend' OR action = 'refund') AND request_id IN (SELECT rid FROM suspects)"
-    " ORDER BY id"
-)
-_ACCOUNTS = "SELECT user_id, balance FROM accounts"
-SCAN_ROWS = 20_000
-
-
-def _fetched(cursor: sqlite3.Cursor) -> Iterator[list[LedgerRow]]:
-    """The cursor's rows in batches, stepped by a thread of their own one batch ahead: SQLite
-    steps without the GIL while the check runs on the batch before."""
-    batches: queue.Queue[list[LedgerRow] | BaseException] = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def fetch() -> None:
-        try:
-            while not stop.is_set():
-                rows = cursor.fetchmany(SCAN_ROWS)
-                batches.put(rows)
-                if not rows:
-                    return
-        except BaseException as exc:  # re-raised on the checking thread
-            batches.put(exc)
-
-    reader = threading.Thread(target=fetch, name="sqlite-verify-read", daemon=True)
-    reader.start()
-    try:
-        while True:
-            item = batches.get()
-            if isinstance(item, BaseException):
-                raise item
-            if not item:
-                return
-            yield item
-    finally:
-        stop.set()
-        while reader.is_alive():  # unblock a reader waiting on a full queue
-            try:
-                batches.get_nowait()
-            except queue.Empty:
-                reader.join(0.01)
-
-
-def scan_in_id_order(conn: Connection, check: IdOrderCheck) -> None:
-    """`IdOrderScanner.scan_ledger`: one sequential pass over the ledger, one pass (in SQLite,
-    not Python) over the request ids that pass left in doubt, then the accounts.  Blocking:
-    the caller runs it on a thread.
-
-    The pass reads `SNAPSHOT_ROWS` rows per read transaction, so a long verify of a live store
-    never holds the WAL back: entries are immutable and ids only grow, so rows read in earlier
-    snapshots are still the ledger's.  The last snapshot (the one that reaches the end) also
-    reads the suspects and every balance, so balances and sums are of the same instant."""
-    last = 0
-    while True:
-        conn.execute("BEGIN")
-        try:
-            read = 0
-            for rows in _fetched(conn.execute(_ROWS_AFTER, (last, SNAPSHOT_ROWS))):
-                check.feed(rows)
-                read += len(rows)
-                last = rows[-1][0]
-            if read < SNAPSHOT_ROWS:
-                _decide(conn, check)
-                return
-        finally:
-            conn.execute("COMMIT")
-
-
-def _decide(conn: Connection, check: IdOrderCheck) -> None:
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS suspects (rid TEXT PRIMARY KEY) WITHOUT ROWID")
-    conn.execute("DELETE FROM suspects")
-    conn.executemany(
-        "INSERT OR IGNORE INTO suspects VALUES (?)", ((r,) for r in check.take_suspects())
-    )
-    check.resolve(conn.execute(_SUSPECT_ROWS))
-    check.finish((user, int(balance)) for user, balance in conn.execute(_ACCOUNTS))
-
-
 def ledger_size(conn: Connection) -> int:
     """Entries are never deleted (the triggers refuse it), so the largest id is the count."""
     return int(ops.one(conn.execute("SELECT coalesce(max(id), 0) FROM ledger"))[0])
@@ -208,6 +122,45 @@ PURGED_TABLES = {
     "cache": "key",
     "jobs": "rowid",
 }
+
+
+# A batch holds the writers' lock, so a vend that arrives meanwhile waits for the rest of it:
+# the row limit is paced so that a batch takes about `PURGE_TARGET_SECONDS` on this file and
+# machine (a row's cost varies tenfold with how much of the file is cached and how many
+# index pages its delete dirties), between the two bounds below.
+PURGE_TARGET_SECONDS = 0.005
+PURGE_MIN_ROWS = 16
+PURGE_MAX_ROWS = 1024
+PURGE_FIRST_ROWS = 64
+
+
+def next_purge_limit(limit: int, held_seconds: float) -> int:
+    """The row limit for the batch after one of `limit` rows that held the lock this long:
+    halved when it took longer than the target, doubled when it took under half of it (so,
+    with a row's cost steady, the doubled batch still ends within the target)."""
+    if held_seconds > PURGE_TARGET_SECONDS:
+        return max(PURGE_MIN_ROWS, limit // 2)
+    if held_seconds < PURGE_TARGET_SECONDS / 2:
+        return min(PURGE_MAX_ROWS, limit * 2)
+    return limit
+
+
+@contextlib.contextmanager
+def upkeep(lock_path: str, wait: bool) -> Iterator[bool]:
+    """The upkeep flock beside the database, held around each purge batch and each checkpoint
+    so that the two never run at once in any process sharing the file.  On a descriptor of
+    its own each time (a flock belongs to an open file description, so two holders in one
+    process exclude each other too).  Yields whether it is held: always when `wait`."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # lets the flock go
 
 
 def purge_batch(conn: Connection, table: str, now: float, limit: int) -> int:
