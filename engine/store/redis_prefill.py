@@ -10,7 +10,7 @@ tail of the ledger (one pipelined RPUSH per user), the records cursor, the idemp
 and remembered responses of the last day, the token records of the last week's vends that
 bought a job, and the jobs within retention.  Without an archive every entry goes to Redis.
 
-The workload is `ledger_prefill._Workload`'s shares, decision for decision like SQLite's
+The workload is the one `engine.ledger_prefill` describes, decision for decision like SQLite's
 bulk path (`sqlite_prefill`); entries are byte for byte what `redis_scripts._APPEND` writes.
 Nothing else may write to these users meanwhile.
 """

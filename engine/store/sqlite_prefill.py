@@ -2,8 +2,8 @@
 year of traffic, generated in Python and inserted with `executemany`: ledger entries, account
 rows, the idempotency records still alive at the end (the last day's; the older ones a running
 engine would have purged), a `used` token row for every vend whose token bought its job, and
-the jobs still inside their retention.  Through the operations themselves (`SQLiteBulk`) the
-same history is ~30x slower: a vend is eight statements, here it is one row or two.
+the jobs still inside their retention.  Through the operations themselves the same history is
+~30x slower: a vend is eight statements, here it is one row or two.
 
 What keeps it fast (12k entries/s at 10M before these, see docs/performance.md):
 - as little Python per entry as the workload allows: the timestamp is formatted by SQLite
@@ -17,7 +17,7 @@ What keeps it fast (12k entries/s at 10M before these, see docs/performance.md):
 - no fsync until the end (a prefill that crashes is started again on a new file; a store
   reopened after a crash gets its indexes back from the schema, which `open` applies).
 
-The workload is `ledger_prefill._Workload`'s, decision for decision (same shares); only the
+The workload is the one `engine.ledger_prefill` describes, decision for decision; only the
 writing differs.  Nothing else may write to the file meanwhile.
 """
 
