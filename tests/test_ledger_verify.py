@@ -334,3 +334,27 @@ async def test_request_ids_shared_across_interleaved_users_are_decided_exactly(
         ("charged_twice", "ann", (5, 7)),
         ("refund_unlinked", "bob", (8,)),
     ]
+
+
+async def test_a_value_that_is_not_an_integer_is_a_violation(tmp_path: Path) -> None:
+    """SQLite lets text into an INTEGER column; the screen once passed it (in SQL `'x' <= 0`
+    is false) and the full check crashed on it: a hand-damaged file is a violation, named."""
+    url = f"sqlite:///{tmp_path / 'typed.db'}"
+    opened = store_from_url(url)
+    await opened.open()
+    await _history(opened, "ann")
+    planter = Planter(url)
+    planter.entry("bo", "grant", 2, 2, "g-bo")
+    assert planter._sqlite is not None
+    planter._sqlite.execute(
+        "INSERT INTO ledger (user_id, action, delta, balance_after, request_id, ip, user_agent,"
+        " at) VALUES ('bo', 'grant', 'x', 2, 'g-bo-2', '', '', ?)",
+        (AT,),
+    )
+    planter._sqlite.commit()
+    planter.balance("bo", 2)
+    planter.close()
+    report = await verify(opened)
+    await opened.close()
+    assert _kinds(report) == {"not_an_integer"}
+    assert {v.user_id for v in report.violations} == {"bo"}

@@ -101,6 +101,10 @@ class _UserCheck:
         for entry in entries:
             action, delta = entry.action, entry.delta
             actions[action] += 1
+            # SQLite keeps text in an INTEGER column: a damaged file, named, never a crash.
+            if type(delta) is not int or type(entry.balance_after) is not int:
+                flag("not_an_integer", user, (entry.id,), "delta or balanceAfter is not a number")
+                continue
             self.running += delta
             expected = _MOVES.get(action)  # type: ignore[call-overload]
             if expected is not None and delta != expected:

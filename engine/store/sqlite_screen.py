@@ -57,7 +57,8 @@ FROM (
     lag(balance_after, 1, 0) OVER (PARTITION BY user_id ORDER BY id) + delta AS running
   FROM (
     SELECT user_id, id, delta, balance_after, CASE action {_KIND} ELSE 0 END AS k,
-      CASE action WHEN 'vend' THEN delta <> -1 WHEN 'refund' THEN delta <> 1
+      typeof(delta) <> 'integer' OR typeof(balance_after) <> 'integer'
+        OR CASE action WHEN 'vend' THEN delta <> -1 WHEN 'refund' THEN delta <> 1
         WHEN 'grant' THEN delta <= 0 ELSE delta <> 0 END AS bad
     FROM ledger NOT INDEXED
     WHERE id & {TICK_IDS - 1} <> 0 OR pluct_tick()
