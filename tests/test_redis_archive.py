@@ -20,34 +20,15 @@ from engine.domain.ledger import verify
 from engine.store.records import (
     AuditEntry,
     ConsumeOrder,
-    Context,
-    GrantOrder,
     RefundOrder,
     VendOrder,
     vend_request_id,
 )
 from engine.store.redis import RedisStore
 from engine.store.redis_archive import Archive, ArchiveSettings
+from tests.archived_history import CTX, DAY, history, vend
 
 pytestmark = pytest.mark.redis
-CTX = Context("127.0.0.1", "archive-test")
-DAY = 24 * 3600.0
-
-
-def _vend(user: str, n: int, now: float) -> VendOrder:
-    rid = f"v-{user}-{n}"
-    return VendOrder(user, rid, rid, int(now), int(now) + 900, None, None, CTX, now)
-
-
-async def _history(store: RedisStore, user: str, old: int, new: int, now: float) -> None:
-    """`old` vends ten days ago and `new` ones now, after a grant ten days ago."""
-    await store.grant(
-        GrantOrder(user, old + new + 5, f"g-{user}", "buy", None, CTX, now - 10 * DAY)
-    )
-    for n in range(old):
-        await store.spend(_vend(user, n, now - 10 * DAY + n))
-    for n in range(old, old + new):
-        await store.spend(_vend(user, n, now))
 
 
 def _digest(entries: list[AuditEntry]) -> str:
@@ -67,7 +48,7 @@ async def store(redis_url: str, tmp_path: Path) -> AsyncIterator[RedisStore]:
 
 async def test_audit_reads_span_archived_and_hot_entries(store: RedisStore, redis_url: str) -> None:
     now = time.time()
-    await _history(store, "ann", old=6, new=3, now=now)
+    await history(store, "ann", old=6, new=3, now=now)
     before = await store.audit("ann", 100, 0)
     # Four days ago: the ten-day-old entries leave, their vend records stay (a week).
     assert await store.archive_old(now - 4 * DAY) == 7  # the grant and six vends
@@ -96,7 +77,7 @@ async def test_an_unconfigured_reader_says_so_instead_of_dropping_entries(
     store: RedisStore, redis_url: str
 ) -> None:
     now = time.time()
-    await _history(store, "bob", old=2, new=1, now=now)
+    await history(store, "bob", old=2, new=1, now=now)
     await store.archive_old(now)
     blind = RedisStore(redis_url)
     await blind.open()
@@ -149,7 +130,7 @@ async def test_a_kill_mid_batch_loses_nothing_and_a_rerun_finishes_the_job(
 ) -> None:
     now = time.time()
     for user in ("cy", "dee"):
-        await _history(store, user, old=30, new=2, now=now)
+        await history(store, user, old=30, new=2, now=now)
     before = {u: await store.audit(u, 500, 0) for u in ("cy", "dee")}
     said = await asyncio.to_thread(_killed_mid_batch, redis_url, tmp_path / "archive.db")
     assert said == "committed"
@@ -210,7 +191,7 @@ def test_a_served_engine_archives_by_its_settings_and_still_serves_every_page(
     client.close()
 
 
-async def _old_used_vend(store: RedisStore, user: str, now: float) -> str:
+async def _old_usedvend(store: RedisStore, user: str, now: float) -> str:
     """A vend in the engine's form whose token bought a job, at `now`; its requestId."""
     jti = os.urandom(16).hex()
     rid = vend_request_id(jti)
@@ -221,17 +202,17 @@ async def _old_used_vend(store: RedisStore, user: str, now: float) -> str:
     return jti
 
 
-async def test_vend_records_leave_ram_with_their_history(store: RedisStore, redis_url: str) -> None:
+async def test_vend_records_leave_ram_with_theirhistory(store: RedisStore, redis_url: str) -> None:
     """Past the window (and a week), a vend's `vend:` field and its token's record leave the
     balance hash with the history: the hash is the same size after 10 old vends as after 200,
     a refund of an archived vend is refused `vend_archived`, and hot vends refund once."""
     now = time.time()
     client = redis.Redis.from_url(redis_url)
-    await _history(store, "few", old=10, new=2, now=now)
-    await _history(store, "many", old=200, new=0, now=now)
-    jti = await _old_used_vend(store, "many", now - 9 * DAY)
+    await history(store, "few", old=10, new=2, now=now)
+    await history(store, "many", old=200, new=0, now=now)
+    jti = await _old_usedvend(store, "many", now - 9 * DAY)
     for n in (200, 201):
-        await store.spend(_vend("many", n, now))
+        await store.spend(vend("many", n, now))
     assert client.exists("{u:many}:tok:" + jti)
     assert client.hlen("{u:many}:bal") == 2 + 203
     await store.archive_old(now)

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from engine.domain.ledger import verify
-from engine.ledger_prefill import _VEND_FINGERPRINT, run_prefill
+from engine.ledger_prefill import run_prefill
 from engine.local import LocalEngine
-from engine.store.records import Context, IdempotencyKey, RefundOrder, VendOrder
+from engine.store.records import RefundOrder
 from engine.store.redis import RedisStore
 from engine.store.redis_archive import Archive, ArchiveSettings
 from tests.e2e import audit_trail, balance_of
+from tests.prefilled import CONTEXT, Picked, assert_serves_as_its_own
 
 pytestmark = pytest.mark.redis
 
@@ -60,32 +60,12 @@ async def test_bulk_keys_are_what_the_engine_reads_and_writes_on(
     store = RedisStore(redis_url, archive=settings)
     await store.open()
     try:
-        report = await verify(store)
-        assert report.ok, report.problems
-        assert report.entries == written.entries
-        now, context = time.time(), Context("10.0.0.1", "test")
-        used = await store.refund(RefundOrder(used_user, used_vend, "test", context, now))
-        assert used.status == "token_used"
-        refund = RefundOrder(free_user, free_vend, "test", context, now)
-        assert (await store.refund(refund)).status == "refunded"
-        assert (await store.refund(refund)).status == "already_refunded"
+        picked = Picked((used_user, used_vend), (free_user, free_vend), owner, scope, key)
+        await assert_serves_as_its_own(store, written.entries, picked)
+        now, context = time.time(), CONTEXT
         oldest = next(e for e in await store.audit(user, 500, 0) if e.action == "vend")
         old = RefundOrder(user, oldest.request_id, "test", context, now)
         assert (await store.refund(old)).status == "vend_archived"
-        replay = VendOrder(
-            user_id=owner,
-            request_id="req_" + "0" * 32,
-            jti="0" * 32,
-            issued_at=int(now),
-            expires_at=int(now) + 900,
-            client_request_id=key,
-            idempotency=IdempotencyKey(scope, key, _VEND_FINGERPRINT, now + 60),
-            context=context,
-            now=now,
-        )
-        replayed = await store.spend(replay)
-        assert replayed.status == "replayed" and replayed.receipt is not None
-        assert replayed.receipt.client_request_id == key
         assert await store.archive_old(now) == 0  # the archiver finds nothing left to move
         balance = (await store.balance(user)).balance
     finally:

@@ -14,29 +14,11 @@ import pytest
 import redis
 
 from engine.domain.ledger import verify
-from engine.store.records import Context, GrantOrder, VendOrder
 from engine.store.redis import RedisStore
 from engine.store.redis_archive import Archive, ArchiveSettings
+from tests.archived_history import DAY, history, vend
 
 pytestmark = pytest.mark.redis
-CTX = Context("127.0.0.1", "trim-test")
-DAY = 24 * 3600.0
-
-
-def _vend(user: str, n: int, now: float) -> VendOrder:
-    rid = f"v-{user}-{n}"
-    return VendOrder(user, rid, rid, int(now), int(now) + 900, None, None, CTX, now)
-
-
-async def _history(store: RedisStore, user: str, old: int, new: int, now: float) -> None:
-    """A grant and `old` vends ten days ago, `new` vends now."""
-    await store.grant(
-        GrantOrder(user, old + new + 5, f"g-{user}", "buy", None, CTX, now - 10 * DAY)
-    )
-    for n in range(old):
-        await store.spend(_vend(user, n, now - 10 * DAY + n))
-    for n in range(old, old + new):
-        await store.spend(_vend(user, n, now))
 
 
 def _settings(path: Path) -> ArchiveSettings:
@@ -60,8 +42,8 @@ async def test_ram_per_user_does_not_grow_with_archived_vends(
     store: RedisStore, redis_url: str
 ) -> None:
     now = time.time()
-    await _history(store, "few", old=10, new=2, now=now)
-    await _history(store, "many", old=400, new=2, now=now)
+    await history(store, "few", old=10, new=2, now=now)
+    await history(store, "many", old=400, new=2, now=now)
     await store.archive_old(now)
     client = redis.Redis.from_url(redis_url)
     few, many = _user_bytes(client, "few"), _user_bytes(client, "many")
@@ -72,7 +54,7 @@ async def test_ram_per_user_does_not_grow_with_archived_vends(
     trail = await store.audit("many", 1000, 0)
     assert [e.id for e in trail] == list(range(1, 404))
     assert [e.id for e in await store.audit("many", 3, 400)] == [401, 402, 403]
-    late = await store.spend(_vend("many", 999, now))
+    late = await store.spend(vend("many", 999, now))
     assert late.status == "charged"
     assert [e.id for e in await store.audit("many", 5, 402)] == [403, 404]
     report = await verify(store)
@@ -98,7 +80,7 @@ async def test_a_tombstoned_store_reads_as_before_and_migrates_on_the_first_pass
     store: RedisStore, redis_url: str, tmp_path: Path
 ) -> None:
     now = time.time()
-    await _history(store, "old", old=20, new=2, now=now)
+    await history(store, "old", old=20, new=2, now=now)
     before = await store.audit("old", 100, 0)
     client = redis.Redis.from_url(redis_url)
     assert await _tombstoned(store, client, "old", tmp_path / "archive.db") == 21
@@ -120,7 +102,7 @@ async def test_two_archivers_at_once_archive_each_entry_once(
 ) -> None:
     now = time.time()
     for user in ("p", "q", "r"):
-        await _history(store, user, old=1200, new=3, now=now)  # several batches each
+        await history(store, user, old=1200, new=3, now=now)  # several batches each
     before = {u: await store.audit(u, 2000, 0) for u in ("p", "q", "r")}
     other = RedisStore(redis_url, archive=_settings(tmp_path / "archive.db"))
     await other.open()
