@@ -87,17 +87,13 @@ class RedisHistory:
             self._page_script, [key + ":bal", key + ":ledger"], [after_id, limit]
         )
         trimmed = int(trimmed)
-        listed = trimmed + 1 + max(0, after_id - trimmed)  # the id of items[0]
         archived = list(range(after_id + 1, min(trimmed, after_id + limit) + 1))
-        missing = archived + [listed + n for n, item in enumerate(items) if not item]
-        found: dict[int, bytes] = {}
-        if missing:
-            found = await asyncio.to_thread(self._from_archive().entries, user_id, missing)
-        entries = [_entry_at(entry_id, _found(found, user_id, entry_id)) for entry_id in archived]
-        return entries + [
-            _entry_at(listed + n, item or _found(found, user_id, listed + n))
-            for n, item in enumerate(items)
-        ]
+        entries: list[AuditEntry] = []
+        if archived:
+            found = await asyncio.to_thread(self._from_archive().entries, user_id, archived)
+            entries = [_entry_at(i, _found(found, user_id, i)) for i in archived]
+        listed = trimmed + 1 + max(0, after_id - trimmed)  # the id of items[0]
+        return entries + await self._listed(user_id, listed, items)
 
     async def _listed(self, user_id: str, first_id: int, raw: list[bytes]) -> list[AuditEntry]:
         """Entries read from the list with ids `first_id`..., tombstones from the archive."""

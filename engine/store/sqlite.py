@@ -16,7 +16,7 @@ import functools
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -148,12 +148,18 @@ class SQLiteStore:
             self.degraded = f"sqlite file unusable: {exc}"
             raise StoreUnavailable(f"sqlite: {exc}") from exc
 
-    async def _write(self, operation: Callable[[Connection], T]) -> T:
+    @contextlib.contextmanager
+    def _corruption_checked(self) -> Iterator[None]:
+        """Around a write: a corrupt file's error becomes `StoreUnavailable`."""
         try:
-            return cast(T, await self._batch.submit(operation))
+            yield
         except sqlite3.DatabaseError as exc:
             self._check_corrupt(exc)
             raise
+
+    async def _write(self, operation: Callable[[Connection], T]) -> T:
+        with self._corruption_checked():
+            return cast(T, await self._batch.submit(operation))
 
     async def _read(self, query: Callable[[Connection], T]) -> T:
         """Inline; a WAL reader waits only in rare recovery cases, and then on a thread."""
@@ -325,13 +331,18 @@ class SQLiteStore:
 
         return await self._read(read)
 
-    async def read_ledger(self, chunk_size: int = 1000) -> AsyncIterator[LedgerChunk]:
-        """One read transaction on a connection and thread of its own, so a verify of a
-        large ledger neither holds the loop nor a reader that requests wait for."""
+    def read_ledger(self, chunk_size: int = 1000) -> AsyncIterator[LedgerChunk]:
+        return self._streamed(lambda conn: sqlite_ledger.ledger_chunks(conn, chunk_size))
+
+    async def _streamed(
+        self, chunks_of: Callable[[Connection], Generator[list[LedgerChunk], None, None]]
+    ) -> AsyncIterator[LedgerChunk]:
+        """The chunks `chunks_of` reads, on a connection and thread of their own, so a verify
+        of a large ledger neither holds the loop nor a reader that requests wait for."""
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(1, thread_name_prefix="sqlite-ledger") as thread:
             conn = await loop.run_in_executor(thread, self._stream_connection)
-            chunks = sqlite_ledger.ledger_chunks(conn, chunk_size)
+            chunks = chunks_of(conn)
             try:
                 # One batch read ahead: the thread steps SQLite (GIL released) while the
                 # caller checks the batch before.
@@ -360,21 +371,12 @@ class SQLiteStore:
             sqlite_screen.screen_ledger, self._stream_connection, progress
         )
 
-    async def read_users(
+    def read_users(
         self, user_ids: Iterable[str], chunk_size: int = 1000
     ) -> AsyncIterator[LedgerChunk]:
-        """The suspects' histories, on a connection and thread of their own."""
-        loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(1, thread_name_prefix="sqlite-ledger") as thread:
-            conn = await loop.run_in_executor(thread, self._stream_connection)
-            chunks = sqlite_screen.user_chunks(conn, sorted(user_ids), chunk_size)
-            try:
-                while batch := await loop.run_in_executor(thread, next, chunks, None):
-                    for chunk in batch:
-                        yield chunk
-            finally:
-                await loop.run_in_executor(thread, chunks.close)
-                await loop.run_in_executor(thread, conn.close)
+        """The suspects' histories (`sqlite_screen.user_chunks`), streamed as `read_ledger`."""
+        users = sorted(user_ids)
+        return self._streamed(lambda conn: sqlite_screen.user_chunks(conn, users, chunk_size))
 
     def _stream_connection(self) -> Connection:
         """Not `_connect`: setting the journal mode would write to a file that verify only
@@ -457,11 +459,8 @@ class SQLiteStore:
         while True:
             with sqlite_ledger.upkeep(self._upkeep_lock, wait=False) as ours:
                 if ours:
-                    try:
+                    with self._corruption_checked():
                         return cast(tuple[int, float], await self._batch.on_thread(batch))
-                    except sqlite3.DatabaseError as exc:
-                        self._check_corrupt(exc)
-                        raise
             await asyncio.sleep(PURGE_PAUSE_SECONDS)
 
     # -- the job lifecycle (SQL in sqlite_jobs) ------------------------------------------
