@@ -141,11 +141,8 @@ class Metrics:
         return (self._store, (operation,))
 
     def upstream_call(self, upstream: str, success: bool, seconds: float, state: str) -> None:
-        self._observe(self._upstream, (upstream, "success" if success else "failure"), seconds)
+        self.observe((self._upstream, (upstream, "success" if success else "failure")), seconds)
         self._breaker.labels(upstream).set(BREAKER_STATES.get(state, 0))
-
-    def _observe(self, metric: Any, labels: tuple[str, ...], seconds: float) -> None:
-        self.observe((metric, labels), seconds)
 
     def observe(self, key: tuple[Any, tuple[str, ...]], seconds: float) -> None:
         pending = self._pending_hist.get(key)
